@@ -1,0 +1,295 @@
+//! Bodies that stream through the proxy, frame by frame, and the per-request record that is
+//! written when the response body ends.
+//!
+//! Nothing here buffers a body. A failure mid-stream is passed on as an error, never as a clean
+//! end: hyper then aborts the other side, so a truncated packfile never looks complete and a
+//! half-sent push never completes upstream.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Uri};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::metrics::{Metrics, UpstreamFailure};
+
+/// Request ids: a random per-process prefix and a counter, so ids from replicas do not collide.
+pub struct RequestIds {
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub fn new() -> Self {
+        Self {
+            next: AtomicU64::new(u64::from(fastrand::u32(..)) << 32),
+        }
+    }
+
+    pub fn next(&self) -> RequestId {
+        RequestId(self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// The request body on its way upstream; its errors mean the client went away mid-upload.
+pub struct UploadBody {
+    inner: Incoming,
+    received: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl UploadBody {
+    pub fn new(inner: Incoming, received: Arc<AtomicU64>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner,
+            received,
+            metrics,
+        }
+    }
+}
+
+/// The client's upload failed; the upstream request must be aborted, not completed.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
+impl Body for UploadBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        Poll::Ready(match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    self.received.fetch_add(len, Ordering::Relaxed);
+                    self.metrics.request_bytes.inc_by(len);
+                }
+                Some(Ok(frame))
+            }
+            Some(Err(error)) => Some(Err(ClientBodyError(error))),
+            None => None,
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How an exchange ended, for the audit line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Complete,
+    UpstreamBodyFailed,
+    ClientGone,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Complete => "complete",
+            Outcome::UpstreamBodyFailed => "upstream_body_failed",
+            Outcome::ClientGone => "client_gone",
+        }
+    }
+}
+
+/// Everything the audit line and the request metrics need, recorded exactly once when dropped:
+/// at the end of the response body, or when the client goes away at any point before that.
+pub struct Exchange {
+    metrics: Arc<Metrics>,
+    pub request_id: RequestId,
+    method: Method,
+    uri: Uri,
+    started: Instant,
+    pub received: Arc<AtomicU64>,
+    sent: u64,
+    status: Option<u16>,
+    upstream_time: Option<Duration>,
+    outcome: Outcome,
+}
+
+impl Exchange {
+    pub fn begin(metrics: Arc<Metrics>, request_id: RequestId, method: Method, uri: Uri) -> Self {
+        metrics.in_flight.inc();
+        Self {
+            metrics,
+            request_id,
+            method,
+            uri,
+            started: Instant::now(),
+            received: Arc::new(AtomicU64::new(0)),
+            sent: 0,
+            status: None,
+            upstream_time: None,
+            outcome: Outcome::ClientGone,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn set_upstream_time(&mut self, elapsed: Duration) {
+        self.upstream_time = Some(elapsed);
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        let metrics = &self.metrics;
+        metrics.in_flight.dec();
+        let elapsed = self.started.elapsed();
+        // 499 (nginx's "client closed request") when no response was ever produced.
+        let status = self.status.unwrap_or(499);
+        metrics.count_request(&self.method, status);
+        metrics.request_duration.observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "audit",
+            request_id = %self.request_id,
+            method = %self.method,
+            path = self.uri.path(),
+            status,
+            request_bytes = self.received.load(Ordering::Relaxed),
+            response_bytes = self.sent,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = self.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+            outcome = self.outcome.as_str(),
+        );
+    }
+}
+
+/// The response body sent to the client: Azure DevOps' body streamed through, or the proxy's own
+/// small JSON answer.
+pub struct ResponseBody {
+    kind: Kind,
+    exchange: Option<Exchange>,
+}
+
+enum Kind {
+    Upstream(Incoming),
+    Local(Option<Bytes>),
+}
+
+impl ResponseBody {
+    pub fn upstream(body: Incoming, exchange: Exchange, status: u16) -> Self {
+        Self::new(Kind::Upstream(body), exchange, status)
+    }
+
+    pub fn local(body: Bytes, exchange: Exchange, status: u16) -> Self {
+        Self::new(Kind::Local(Some(body)), exchange, status)
+    }
+
+    fn new(kind: Kind, mut exchange: Exchange, status: u16) -> Self {
+        exchange.status = Some(status);
+        let mut body = Self {
+            kind,
+            exchange: Some(exchange),
+        };
+        if body.is_end_stream() {
+            body.finish(Outcome::Complete);
+        }
+        body
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        if let Some(mut exchange) = self.exchange.take() {
+            exchange.outcome = outcome;
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = match &mut this.kind {
+            Kind::Local(body) => Ok(body.take().map(Frame::data)),
+            Kind::Upstream(inner) => match ready!(Pin::new(inner).poll_frame(cx)) {
+                Some(Ok(frame)) => Ok(Some(frame)),
+                Some(Err(error)) => Err(error),
+                None => Ok(None),
+            },
+        };
+        Poll::Ready(match frame {
+            Ok(Some(frame)) => {
+                if let (Some(data), Some(exchange)) = (frame.data_ref(), this.exchange.as_mut()) {
+                    let len = data.len() as u64;
+                    exchange.sent += len;
+                    exchange.metrics.response_bytes.inc_by(len);
+                }
+                if this.is_end_stream() {
+                    this.finish(Outcome::Complete);
+                }
+                Some(Ok(frame))
+            }
+            Ok(None) => {
+                this.finish(Outcome::Complete);
+                None
+            }
+            Err(error) => {
+                if let Some(exchange) = &this.exchange {
+                    exchange
+                        .metrics
+                        .count_upstream_failure(UpstreamFailure::ResponseBody);
+                    tracing::warn!(
+                        request_id = %exchange.request_id,
+                        error = %error,
+                        "upstream response body failed mid-stream; aborting the client connection"
+                    );
+                }
+                this.finish(Outcome::UpstreamBodyFailed);
+                Some(Err(error))
+            }
+        })
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Local(body) => body.is_none(),
+            Kind::Upstream(inner) => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Local(Some(body)) => SizeHint::with_exact(body.len() as u64),
+            Kind::Local(None) => SizeHint::with_exact(0),
+            Kind::Upstream(inner) => inner.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,733 @@
+//! Configuration: figment layers (defaults < TOML file < `ADO_AUTH_PROXY_*` environment, plus the
+//! standard `AZURE_*` variables for the default identity) deserialized into raw structs, then
+//! validated once into [`Config`], which the rest of the program uses and never re-parses.
+//!
+//! Every error names the key, where its value came from, and what is wrong. No error message ever
+//! quotes a secret's value.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use http::HeaderValue;
+use http::uri::{Authority, Scheme, Uri};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// Azure DevOps' application id; `.default` asks for the permissions granted to the principal.
+pub const AZURE_DEVOPS_SCOPE: &str = "499b84ac-1321-427f-aa17-267ca6975798/.default";
+pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
+pub const DEFAULT_IDENTITY: &str = "default";
+const ENV_PREFIX: &str = "ADO_AUTH_PROXY_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Parse(String),
+    #[error("configuration key `{key}` (from {origin}): {problem}")]
+    Invalid {
+        key: String,
+        origin: String,
+        problem: String,
+    },
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub admin: Admin,
+    pub upstream: Upstream,
+    pub identities: Vec<Identity>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub address: SocketAddr,
+    pub header_read_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_connections: usize,
+    pub shutdown_grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// The `Host` header every forwarded request carries, computed once.
+    pub host_header: HeaderValue,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub name: String,
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Scheme and host of the Entra ID authority, without a trailing slash.
+    pub authority: String,
+    pub scope: String,
+    pub credential: Credential,
+}
+
+impl Identity {
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/{}/oauth2/v2.0/token", self.authority, self.tenant_id)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    ClientSecret(SecretSource),
+}
+
+/// Where a secret lives. A file is read at every token fetch so a rotated Kubernetes secret is used
+/// without a restart.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    File(PathBuf),
+    Value(Secret),
+}
+
+// ---- raw, as written by the operator -------------------------------------------------------
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    listen: RawListen,
+    admin: RawAdmin,
+    upstream: RawUpstream,
+    identities: BTreeMap<String, RawIdentity>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawListen {
+    address: String,
+    header_read_timeout: DurationValue,
+    max_header_bytes: usize,
+    max_connections: usize,
+    shutdown_grace_period: DurationValue,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:8080".into(),
+            header_read_timeout: DurationValue(Duration::from_secs(10)),
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
+            shutdown_grace_period: DurationValue(Duration::from_secs(25)),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawUpstream {
+    url: String,
+    ca_file: Option<PathBuf>,
+    connect_timeout: DurationValue,
+    response_timeout: DurationValue,
+    pool_idle_timeout: DurationValue,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            url: "https://dev.azure.com".into(),
+            ca_file: None,
+            connect_timeout: DurationValue(Duration::from_secs(10)),
+            // Azure DevOps delays throttled requests by up to 30 s before it answers.
+            response_timeout: DurationValue(Duration::from_secs(120)),
+            pool_idle_timeout: DurationValue(Duration::from_secs(60)),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawIdentity {
+    tenant_id: Option<String>,
+    client_id: Option<String>,
+    authority: Option<String>,
+    scope: Option<String>,
+    credential: Option<RawCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+enum RawCredential {
+    ClientSecret {
+        secret_file: Option<PathBuf>,
+        secret: Option<Secret>,
+    },
+}
+
+/// `"30s"`, `"5m"`, `"500ms"`, or a plain number of seconds.
+struct DurationValue(Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"5m\", \"500ms\" or a number of seconds")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<DurationValue, E> {
+                Ok(DurationValue(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
+                u64::try_from(v)
+                    .map(|v| DurationValue(Duration::from_secs(v)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                humantime::parse_duration(v)
+                    .map(DurationValue)
+                    .map_err(|e| {
+                        E::custom(format!("`{v}` is not a duration ({e}); write e.g. \"30s\""))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+// ---- loading ---------------------------------------------------------------------------------
+
+impl Config {
+    /// Loads from the optional TOML file and the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
+        Self::from_figment(&figment)
+    }
+
+    /// Loads from TOML text alone (tests, `check` of an inline config).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(&Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+        let raw: RawConfig = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
+        Validator { figment }.validate(raw)
+    }
+}
+
+fn describe_figment_error(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+struct Validator<'a> {
+    figment: &'a Figment,
+}
+
+impl Validator<'_> {
+    fn error(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        let origin = match self.figment.find_metadata(key) {
+            Some(meta) => match &meta.source {
+                Some(source) => format!("{} {}", meta.name, source),
+                None => meta.name.to_string(),
+            },
+            None => "the built-in default or the AZURE_* environment".to_string(),
+        };
+        ConfigError::Invalid {
+            key: key.to_string(),
+            origin,
+            problem: problem.into(),
+        }
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = self.listen(raw.listen)?;
+        let admin_address = self.socket_address("admin.address", &raw.admin.address)?;
+        if admin_address == listen.address && admin_address.port() != 0 {
+            return Err(self.error(
+                "admin.address",
+                "must differ from listen.address: metrics and health have their own listener",
+            ));
+        }
+        let upstream = self.upstream(raw.upstream)?;
+        let identities = self.identities(raw.identities)?;
+        Ok(Config {
+            listen,
+            admin: Admin {
+                address: admin_address,
+            },
+            upstream,
+            identities,
+        })
+    }
+
+    fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
+        let address = self.socket_address("listen.address", &raw.address)?;
+        if !address.ip().is_loopback() {
+            return Err(self.error(
+                "listen.address",
+                format!(
+                    "{address} is not a loopback address; until client keys exist the proxy serves \
+                     only this machine (use 127.0.0.1 or [::1], e.g. in a pod sidecar)"
+                ),
+            ));
+        }
+        if raw.max_header_bytes < 8 * 1024 {
+            return Err(self.error(
+                "listen.max_header_bytes",
+                "must be at least 8192 (git and Azure DevOps send long URLs and headers)",
+            ));
+        }
+        if raw.max_connections == 0 {
+            return Err(self.error("listen.max_connections", "must be at least 1"));
+        }
+        if raw.header_read_timeout.0.is_zero() {
+            return Err(self.error("listen.header_read_timeout", "must be above zero"));
+        }
+        Ok(Listen {
+            address,
+            header_read_timeout: raw.header_read_timeout.0,
+            max_header_bytes: raw.max_header_bytes,
+            max_connections: raw.max_connections,
+            shutdown_grace_period: raw.shutdown_grace_period.0,
+        })
+    }
+
+    fn socket_address(&self, key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+        value.parse().map_err(|_| {
+            self.error(
+                key,
+                format!("`{value}` is not an IP address with a port, such as 127.0.0.1:8080"),
+            )
+        })
+    }
+
+    fn upstream(&self, raw: RawUpstream) -> Result<Upstream, ConfigError> {
+        let uri = self.http_url("upstream.url", &raw.url)?;
+        if uri.path() != "/" || uri.query().is_some() {
+            return Err(self.error(
+                "upstream.url",
+                "must be a scheme and host only, such as https://dev.azure.com: request paths are \
+                 forwarded as they are",
+            ));
+        }
+        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTPS);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| self.error("upstream.url", "has no host"))?;
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| self.error("upstream.url", "host is not a valid Host header"))?;
+        if let Some(ca) = &raw.ca_file
+            && !ca.is_file()
+        {
+            return Err(self.error(
+                "upstream.ca_file",
+                format!("{} does not exist or is not a file", ca.display()),
+            ));
+        }
+        for (key, value) in [
+            ("upstream.connect_timeout", &raw.connect_timeout),
+            ("upstream.response_timeout", &raw.response_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(self.error(key, "must be above zero"));
+            }
+        }
+        Ok(Upstream {
+            scheme,
+            authority,
+            host_header,
+            ca_file: raw.ca_file,
+            connect_timeout: raw.connect_timeout.0,
+            response_timeout: raw.response_timeout.0,
+            pool_idle_timeout: raw.pool_idle_timeout.0,
+        })
+    }
+
+    /// An absolute `https://` URL, or `http://` to a loopback host (tests, the sandbox): a token or
+    /// a client secret must never cross a network in clear text.
+    fn http_url(&self, key: &str, value: &str) -> Result<Uri, ConfigError> {
+        let uri: Uri = value
+            .parse()
+            .map_err(|_| self.error(key, format!("`{value}` is not a URL")))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| self.error(key, format!("`{value}` is not an absolute URL")))?;
+        match uri.scheme_str() {
+            Some("https") => Ok(uri),
+            Some("http") if is_loopback_host(host) => Ok(uri),
+            Some("http") => Err(self.error(
+                key,
+                format!(
+                    "`{value}` uses http://, which is allowed only for loopback hosts; use https://"
+                ),
+            )),
+            _ => Err(self.error(key, format!("`{value}` must start with https://"))),
+        }
+    }
+
+    fn identities(&self, raw: BTreeMap<String, RawIdentity>) -> Result<Vec<Identity>, ConfigError> {
+        let mut raw = raw;
+        // The standard Azure variables describe the default identity, as the Azure SDKs read them.
+        raw.entry(DEFAULT_IDENTITY.to_string()).or_default();
+        let mut identities = Vec::with_capacity(raw.len());
+        for (name, identity) in raw {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(self.error(
+                    &format!("identities.{name}"),
+                    "identity names may hold only letters, digits, '-' and '_'",
+                ));
+            }
+            identities.push(self.identity(name, identity)?);
+        }
+        Ok(identities)
+    }
+
+    fn identity(&self, name: String, raw: RawIdentity) -> Result<Identity, ConfigError> {
+        let is_default = name == DEFAULT_IDENTITY;
+        let from_env = |var: &str| {
+            if is_default {
+                Env::var(var).filter(|v| !v.is_empty())
+            } else {
+                None
+            }
+        };
+        let key = |field: &str| format!("identities.{name}.{field}");
+        let tenant_id = raw
+            .tenant_id
+            .or_else(|| from_env("AZURE_TENANT_ID"))
+            .ok_or_else(|| {
+                self.error(
+                    &key("tenant_id"),
+                    "is missing; set it in the file or set AZURE_TENANT_ID",
+                )
+            })?;
+        if tenant_id.is_empty()
+            || !tenant_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(self.error(
+                &key("tenant_id"),
+                "must be a tenant GUID or domain (letters, digits, '-' and '.')",
+            ));
+        }
+        let client_id = raw
+            .client_id
+            .or_else(|| from_env("AZURE_CLIENT_ID"))
+            .ok_or_else(|| {
+                self.error(
+                    &key("client_id"),
+                    "is missing; set it in the file or set AZURE_CLIENT_ID",
+                )
+            })?;
+        if client_id.is_empty()
+            || !client_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(self.error(
+                &key("client_id"),
+                "must be the application (client) id, a GUID",
+            ));
+        }
+        let authority_text = raw
+            .authority
+            .or_else(|| from_env("AZURE_AUTHORITY_HOST"))
+            .unwrap_or_else(|| DEFAULT_AUTHORITY.to_string());
+        let authority_uri = self.http_url(&key("authority"), &authority_text)?;
+        if authority_uri.path() != "/" || authority_uri.query().is_some() {
+            return Err(self.error(
+                &key("authority"),
+                "must be a scheme and host only, such as https://login.microsoftonline.com",
+            ));
+        }
+        let authority = format!(
+            "{}://{}",
+            authority_uri.scheme_str().unwrap_or("https"),
+            authority_uri
+                .authority()
+                .map(|a| a.as_str())
+                .unwrap_or_default()
+        );
+        let scope = raw.scope.unwrap_or_else(|| AZURE_DEVOPS_SCOPE.to_string());
+        if scope.is_empty() || scope.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(self.error(
+                &key("scope"),
+                "must be one resource scope such as 499b84ac-1321-427f-aa17-267ca6975798/.default",
+            ));
+        }
+        let credential = match raw.credential {
+            Some(RawCredential::ClientSecret {
+                secret_file,
+                secret,
+            }) => Credential::ClientSecret(self.secret_source(
+                &key("credential"),
+                secret_file,
+                secret.or_else(|| from_env("AZURE_CLIENT_SECRET").map(Secret::new)),
+            )?),
+            None => match from_env("AZURE_CLIENT_SECRET") {
+                Some(secret) => Credential::ClientSecret(SecretSource::Value(Secret::new(secret))),
+                None => {
+                    return Err(self.error(
+                        &key("credential"),
+                        "is missing; set credential = { kind = \"client_secret\", secret_file = \"...\" } \
+                         or set AZURE_CLIENT_SECRET",
+                    ));
+                }
+            },
+        };
+        Ok(Identity {
+            name,
+            tenant_id,
+            client_id,
+            authority,
+            scope,
+            credential,
+        })
+    }
+
+    fn secret_source(
+        &self,
+        key: &str,
+        file: Option<PathBuf>,
+        value: Option<Secret>,
+    ) -> Result<SecretSource, ConfigError> {
+        match (file, value) {
+            (Some(file), _) => {
+                if !file.is_file() {
+                    return Err(self.error(
+                        &format!("{key}.secret_file"),
+                        format!("{} does not exist or is not a file", file.display()),
+                    ));
+                }
+                Ok(SecretSource::File(file))
+            }
+            (None, Some(secret)) if !secret.is_empty() => Ok(SecretSource::Value(secret)),
+            (None, _) => Err(self.error(
+                key,
+                "client_secret needs secret_file (preferred) or a secret from the environment \
+                 (AZURE_CLIENT_SECRET)",
+            )),
+        }
+    }
+}
+
+pub fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [identities.default]
+        tenant_id = "00000000-0000-0000-0000-000000000000"
+        client_id = "11111111-1111-1111-1111-111111111111"
+        credential = { kind = "client_secret", secret = "s3cr3t-value" }
+    "#;
+
+    #[test]
+    fn defaults_fill_everything_but_the_identity() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(
+            config.listen.address,
+            "127.0.0.1:8080".parse().expect("addr")
+        );
+        assert_eq!(
+            config.admin.address,
+            "127.0.0.1:9090".parse().expect("addr")
+        );
+        assert_eq!(config.upstream.authority.as_str(), "dev.azure.com");
+        assert_eq!(config.upstream.scheme, Scheme::HTTPS);
+        let identity = &config.identities[0];
+        assert_eq!(identity.scope, AZURE_DEVOPS_SCOPE);
+        assert_eq!(
+            identity.token_endpoint(),
+            "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_secret() {
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("s3cr3t-value"), "{printed}");
+    }
+
+    fn error_of(toml: &str) -> String {
+        Config::from_toml(toml)
+            .expect_err("must be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let message = error_of(&format!("{MINIMAL}\n[upstream]\nurll = \"https://x\""));
+        assert!(message.contains("urll"), "{message}");
+    }
+
+    #[test]
+    fn plain_http_is_only_for_loopback() {
+        let message = error_of(&format!(
+            "{MINIMAL}\n[upstream]\nurl = \"http://dev.azure.com\""
+        ));
+        assert!(
+            message.contains("upstream.url") && message.contains("loopback"),
+            "{message}"
+        );
+        let ok = Config::from_toml(&format!(
+            "{MINIMAL}\n[upstream]\nurl = \"http://127.0.0.1:1234\""
+        ));
+        assert!(ok.is_ok());
+        let message = error_of(&MINIMAL.replace(
+            "tenant_id",
+            "authority = \"http://login.example.com\"\ntenant_id",
+        ));
+        assert!(
+            message.contains("identities.default.authority"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn upstream_with_a_path_is_refused() {
+        let message = error_of(&format!(
+            "{MINIMAL}\n[upstream]\nurl = \"https://dev.azure.com/contoso\""
+        ));
+        assert!(message.contains("upstream.url"), "{message}");
+    }
+
+    #[test]
+    fn non_loopback_listener_is_refused_until_client_keys_exist() {
+        let message = error_of(&format!("{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\""));
+        assert!(
+            message.contains("listen.address") && message.contains("loopback"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_key_and_source() {
+        let message = error_of(&format!("{MINIMAL}\n[listen]\naddress = \"localhost\""));
+        assert!(
+            message.contains("listen.address") && message.contains("TOML"),
+            "{message}"
+        );
+        let message = error_of(&format!(
+            "{MINIMAL}\n[upstream]\nresponse_timeout = \"soon\""
+        ));
+        assert!(
+            message.contains("response_timeout") && message.contains("soon"),
+            "{message}"
+        );
+        let message = error_of(&MINIMAL.replace("client_secret", "password"));
+        assert!(message.contains("password"), "{message}");
+    }
+
+    #[test]
+    fn missing_identity_fields_say_which_variable_fills_them() {
+        figment::Jail::expect_with(|_| {
+            let message = error_of("");
+            assert!(message.contains("AZURE_TENANT_ID"), "{message}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_layers_over_file_and_azure_variables_fill_the_default_identity() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "proxy.toml",
+                "[upstream]\nurl = \"http://127.0.0.1:1\"\n[listen]\naddress = \"127.0.0.1:7000\"",
+            )?;
+            jail.set_env("ADO_AUTH_PROXY_LISTEN__ADDRESS", "127.0.0.1:7001");
+            jail.set_env("ADO_AUTH_PROXY_CONFIG", "ignored-by-the-loader");
+            jail.set_env("AZURE_TENANT_ID", "contoso.onmicrosoft.com");
+            jail.set_env("AZURE_CLIENT_ID", "22222222-2222-2222-2222-222222222222");
+            jail.set_env("AZURE_CLIENT_SECRET", "from-the-environment");
+            jail.set_env("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/");
+            let config = Config::load(Some(Path::new("proxy.toml"))).expect("valid");
+            assert_eq!(config.listen.address.port(), 7001);
+            let identity = &config.identities[0];
+            assert_eq!(identity.tenant_id, "contoso.onmicrosoft.com");
+            assert_eq!(identity.authority, "https://login.microsoftonline.us");
+            assert!(matches!(
+                &identity.credential,
+                Credential::ClientSecret(SecretSource::Value(s)) if s.expose() == "from-the-environment"
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_numeric_secret_from_the_environment_is_not_quoted_in_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "ADO_AUTH_PROXY_IDENTITIES__DEFAULT__CREDENTIAL__KIND",
+                "client_secret",
+            );
+            jail.set_env(
+                "ADO_AUTH_PROXY_IDENTITIES__DEFAULT__CREDENTIAL__SECRET",
+                "987654321",
+            );
+            jail.set_env("ADO_AUTH_PROXY_IDENTITIES__DEFAULT__TENANT_ID", "t");
+            jail.set_env("ADO_AUTH_PROXY_IDENTITIES__DEFAULT__CLIENT_ID", "c");
+            let config = Config::load(None).expect("a numeric secret is still a secret");
+            assert!(!format!("{config:?}").contains("987654321"));
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,118 @@
+//! The answers the proxy gives itself, classified once and mapped to a status, a stable code and a
+//! message a user can act on. Bodies are JSON with the request id; they never carry internals,
+//! credentials or upstream error text.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use crate::metrics::{Refusal, UpstreamFailure};
+
+#[derive(Debug)]
+pub enum Rejection {
+    /// The request target or a header is unsafe to forward.
+    BadRequest(&'static str),
+    MethodNotAllowed(Method),
+    TokenUnavailable {
+        retry_after: Duration,
+    },
+    Upstream(UpstreamFailure),
+    /// Azure DevOps tried to switch protocols, which the proxy never performs.
+    UpstreamUpgrade,
+}
+
+impl Rejection {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
+            // The client is gone; the status only shows in the audit line.
+            Rejection::Upstream(UpstreamFailure::ClientAborted) => StatusCode::BAD_REQUEST,
+            Rejection::Upstream(_) | Rejection::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    fn code(&self) -> &'static str {
+        match self.status() {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::SERVICE_UNAVAILABLE => "token_unavailable",
+            StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+            _ => "bad_gateway",
+        }
+    }
+
+    fn message(&self) -> String {
+        match self {
+            Rejection::BadRequest(why) => format!("{why}."),
+            Rejection::MethodNotAllowed(method) => format!(
+                "{method} is not proxied: the proxy forwards ordinary requests to its configured Azure DevOps host only."
+            ),
+            Rejection::TokenUnavailable { retry_after } => format!(
+                "The proxy holds no valid Entra ID token for its service principal (Entra ID unreachable or the \
+                 credential is wrong; see the proxy's log and /readyz). Retry in {} s.",
+                retry_after.as_secs()
+            ),
+            Rejection::Upstream(UpstreamFailure::Connect) => {
+                "Azure DevOps could not be reached (connection failed). Retry later.".into()
+            }
+            Rejection::Upstream(UpstreamFailure::Timeout) => {
+                "Azure DevOps did not answer in time. Retry later.".into()
+            }
+            Rejection::Upstream(UpstreamFailure::ClientAborted) => {
+                "The request body could not be read to its end.".into()
+            }
+            Rejection::Upstream(_) => {
+                "The connection to Azure DevOps failed before it answered. Retry later.".into()
+            }
+            Rejection::UpstreamUpgrade => {
+                "Azure DevOps asked to switch protocols, which the proxy does not do.".into()
+            }
+        }
+    }
+
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            Rejection::BadRequest(_) => Some(Refusal::BadRequest),
+            Rejection::MethodNotAllowed(_) => Some(Refusal::MethodNotAllowed),
+            Rejection::TokenUnavailable { .. } => Some(Refusal::TokenUnavailable),
+            _ => None,
+        }
+    }
+
+    /// The response head and JSON body.
+    pub fn to_response(&self, request_id: &str) -> Response<Bytes> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.message(),
+            "request_id": request_id,
+        });
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        match self {
+            Rejection::TokenUnavailable { retry_after } => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs()),
+                );
+            }
+            Rejection::MethodNotAllowed(_) => {
+                headers.insert(
+                    header::ALLOW,
+                    HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+                );
+            }
+            _ => {}
+        }
+        response
+    }
+}

@@ -1,0 +1,225 @@
+//! The command line: load and validate configuration before binding anything, set up logging,
+//! then run the proxy, check the identities, or probe readiness for a container HEALTHCHECK.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use ado_auth_proxy::config::Config;
+use ado_auth_proxy::token::TokenSource;
+use ado_auth_proxy::{App, entra_client, tls};
+use base64::Engine as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Authenticating reverse proxy for Azure DevOps: replaces PATs with Entra ID service-principal tokens"
+)]
+struct Cli {
+    /// TOML configuration file.
+    #[arg(long, short, global = true, env = "ADO_AUTH_PROXY_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log line format; the level comes from RUST_LOG (default: info).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the configuration, fetch a token per identity and report it (never the token).
+    Check,
+    /// Exit 0 when the admin listener's /readyz answers 200 (for container HEALTHCHECKs).
+    Healthcheck,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("ado-auth-proxy: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ado-auth-proxy: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Run) {
+            Command::Run => run(config).await,
+            Command::Check => check(config).await,
+            Command::Healthcheck => healthcheck(config).await,
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+async fn run(config: Config) -> ExitCode {
+    let app = match App::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!("{error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        proxy = %app.proxy_addr(),
+        admin = %app.admin_addr(),
+        version = env!("CARGO_PKG_VERSION"),
+        "ado-auth-proxy listening"
+    );
+    app.run(shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {},
+            _ = terminate.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+/// Fetches one token per identity and prints what it says about the principal, never the token.
+async fn check(config: Config) -> ExitCode {
+    let tls = match tls::client_config(config.upstream.ca_file.as_deref()) {
+        Ok(tls) => tls,
+        Err(error) => {
+            eprintln!("ado-auth-proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let client = match entra_client(tls) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("ado-auth-proxy: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("configuration: valid");
+    let mut failed = false;
+    for identity in &config.identities {
+        let source = TokenSource::new(identity.clone(), client.clone());
+        print!(
+            "identity {}: tenant {}, client id {}: ",
+            identity.name, identity.tenant_id, identity.client_id
+        );
+        match source.fetch().await {
+            Ok(token) => {
+                println!("token acquired, valid for {} s", token.lifetime.as_secs());
+                if let Some(claims) = token
+                    .bearer
+                    .to_str()
+                    .ok()
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(jwt_claims)
+                {
+                    for claim in ["appid", "oid", "tid", "aud", "exp"] {
+                        if let Some(value) = claims.get(claim) {
+                            println!("  {claim}: {value}");
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                failed = true;
+                println!("FAILED: {error}");
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// The claims of a JWT, unverified: only for showing who the token says it is.
+fn jwt_claims(token: &str) -> Option<serde_json::Value> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// A minimal HTTP/1.1 GET of /readyz, so images without curl can use it as their HEALTHCHECK.
+async fn healthcheck(config: Config) -> ExitCode {
+    let mut address = config.admin.address;
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let request =
+            format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut head = vec![0u8; 64];
+        let n = stream.read(&mut head).await?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), probe).await {
+        Ok(Ok(head)) if head.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(Ok(head)) => {
+            eprintln!("not ready: {}", head.lines().next().unwrap_or_default());
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("admin listener {address} unreachable: {error}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("admin listener {address} did not answer within 5 s");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The request path, in order: check the target, take the current token, rewrite headers, forward,
+//! and stream the response back. Each step either passes the request on or returns a
+//! [`Rejection`]; nothing here waits on Entra ID.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+
+use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
+use crate::error::Rejection;
+use crate::forward::Upstream;
+use crate::headers;
+use crate::metrics::{Metrics, UpstreamFailure};
+use crate::target;
+use crate::token::TokenCache;
+
+static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+static RATE_LIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining");
+
+pub struct Proxy {
+    upstream: Upstream,
+    token: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+    request_ids: RequestIds,
+}
+
+impl Proxy {
+    pub fn new(upstream: Upstream, token: Arc<TokenCache>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            upstream,
+            token,
+            metrics,
+            request_ids: RequestIds::new(),
+        }
+    }
+
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+        let mut exchange = Exchange::begin(
+            self.metrics.clone(),
+            self.request_ids.next(),
+            request.method().clone(),
+            request.uri().clone(),
+        );
+        let request_id = exchange.request_id.to_string();
+        let mut response = match self.forward(request, &mut exchange).await {
+            Ok(response) => {
+                let status = response.status().as_u16();
+                response.map(|body| ResponseBody::upstream(body, exchange, status))
+            }
+            Err(rejection) => {
+                if let Some(refusal) = rejection.refusal() {
+                    self.metrics.count_refusal(refusal);
+                }
+                if let Rejection::Upstream(failure) = &rejection {
+                    self.metrics.count_upstream_failure(*failure);
+                }
+                let status = rejection.status().as_u16();
+                rejection
+                    .to_response(&request_id)
+                    .map(|body| ResponseBody::local(body, exchange, status))
+            }
+        };
+        if let Ok(value) = HeaderValue::try_from(request_id) {
+            response.headers_mut().insert(REQUEST_ID.clone(), value);
+        }
+        response
+    }
+
+    async fn forward(
+        &self,
+        request: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
+        target::check(&request)?;
+        let bearer = self
+            .token
+            .bearer()
+            .ok_or_else(|| Rejection::TokenUnavailable {
+                retry_after: self.token.retry_after(),
+            })?;
+
+        let (mut parts, body) = request.into_parts();
+        headers::prepare_request(&mut parts.headers, self.upstream.host_header(), bearer);
+        parts.uri = self
+            .upstream
+            .target(parts.uri.path_and_query())
+            .map_err(|_| Rejection::BadRequest("The request target cannot be forwarded"))?;
+        // The pool picks HTTP/1.1 or h2 by ALPN; an h2 client must not force h2 upstream.
+        parts.version = Version::HTTP_11;
+        let body = UploadBody::new(body, exchange.received.clone(), self.metrics.clone());
+
+        let sent_at = Instant::now();
+        let result = self.upstream.send(Request::from_parts(parts, body)).await;
+        let elapsed = sent_at.elapsed();
+        exchange.set_upstream_time(elapsed);
+        self.metrics
+            .upstream_duration
+            .observe(elapsed.as_secs_f64());
+        let mut response = result.map_err(Rejection::Upstream)?;
+
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Rejection::UpstreamUpgrade);
+        }
+        self.observe_rate_limits(&response);
+        headers::prepare_response(response.headers_mut());
+        Ok(response)
+    }
+
+    fn observe_rate_limits(&self, response: &Response<Incoming>) {
+        let identity = self.token.identity();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            self.metrics.count_throttled(identity);
+        }
+        if let Some(remaining) = response
+            .headers()
+            .get(&RATE_LIMIT_REMAINING)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            self.metrics
+                .set_rate_limit_remaining(identity, remaining as i64);
+        }
+    }
+}
+
+impl From<UpstreamFailure> for Rejection {
+    fn from(failure: UpstreamFailure) -> Self {
+        Rejection::Upstream(failure)
+    }
+}

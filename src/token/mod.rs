@@ -1,0 +1,240 @@
+//! Access tokens per identity: a cache the request path reads without waiting, and one background
+//! refresher per identity that keeps it filled.
+//!
+//! The request path never talks to Entra ID and never sends a token past its expiry (measured on
+//! the monotonic clock, less a safety margin).
+
+mod source;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use http::HeaderValue;
+
+use crate::metrics::Metrics;
+pub use source::{FetchError, IssuedToken, TokenSource};
+
+/// Renew at the latest this long before expiry, as the Azure SDKs do.
+const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
+const MAX_SAFETY_MARGIN: Duration = Duration::from_secs(60);
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A `Retry-After` from Entra ID is honoured up to this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+struct CachedToken {
+    bearer: HeaderValue,
+    /// Past this instant the token is never sent.
+    usable_until: Instant,
+    expires_at: SystemTime,
+}
+
+/// What `/readyz` and `check` report about an identity; never the token.
+#[derive(Debug, Clone)]
+pub struct TokenStatus {
+    pub identity: String,
+    pub valid_for: Option<Duration>,
+    pub expires_at: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub next_attempt_in: Option<Duration>,
+}
+
+#[derive(Default)]
+struct RefreshState {
+    last_error: Option<String>,
+    next_attempt: Option<Instant>,
+}
+
+pub struct TokenCache {
+    identity: String,
+    current: ArcSwapOption<CachedToken>,
+    state: Mutex<RefreshState>,
+}
+
+impl TokenCache {
+    pub fn new(identity: impl Into<String>) -> Self {
+        Self {
+            identity: identity.into(),
+            current: ArcSwapOption::empty(),
+            state: Mutex::new(RefreshState::default()),
+        }
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The `Authorization` value to send now, if a token is still usable. Lock-free.
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        let guard = self.current.load();
+        let token = guard.as_ref()?;
+        (Instant::now() < token.usable_until).then(|| token.bearer.clone())
+    }
+
+    /// How long a client should wait before asking again when no token is usable.
+    pub fn retry_after(&self) -> Duration {
+        let next = self.lock_state().next_attempt;
+        next.map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or_default()
+            .clamp(Duration::from_secs(1), MAX_BACKOFF)
+    }
+
+    pub fn status(&self) -> TokenStatus {
+        let now = Instant::now();
+        let current = self.current.load();
+        let valid = current.as_ref().filter(|t| now < t.usable_until);
+        let state = self.lock_state();
+        TokenStatus {
+            identity: self.identity.clone(),
+            valid_for: valid.map(|t| t.usable_until - now),
+            expires_at: valid.map(|t| t.expires_at),
+            last_error: state.last_error.clone(),
+            next_attempt_in: state
+                .next_attempt
+                .map(|at| at.saturating_duration_since(now)),
+        }
+    }
+
+    fn store(&self, token: &IssuedToken) {
+        let margin = MAX_SAFETY_MARGIN.min(token.lifetime / 10);
+        let usable_for = token.lifetime - margin;
+        self.current.store(Some(Arc::new(CachedToken {
+            bearer: token.bearer.clone(),
+            usable_until: token.requested_at + usable_for,
+            expires_at: SystemTime::now() + usable_for,
+        })));
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, RefreshState> {
+        // The state is plain data; a panic elsewhere cannot leave it inconsistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// When to renew a token fetched at `requested_at`: at half its lifetime, and at the latest five
+/// minutes before it expires.
+fn refresh_delay(lifetime: Duration) -> Duration {
+    let half = lifetime / 2;
+    match lifetime.checked_sub(REFRESH_BEFORE_EXPIRY) {
+        Some(latest) if !latest.is_zero() => half.min(latest),
+        _ => half,
+    }
+}
+
+/// Exponential back-off with jitter, so replicas that failed together do not retry together.
+fn backoff(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(6);
+    let base = (MIN_BACKOFF * 2u32.pow(exponent)).min(MAX_BACKOFF);
+    base.mul_f64(0.75 + fastrand::f64() * 0.5)
+        .clamp(MIN_BACKOFF, MAX_BACKOFF)
+}
+
+/// Keeps `cache` filled until the task is aborted. The only place that fetches tokens, so there is
+/// never more than one fetch in flight per identity.
+pub async fn run_refresher(source: TokenSource, cache: Arc<TokenCache>, metrics: Arc<Metrics>) {
+    let identity = cache.identity().to_string();
+    let mut failures = 0u32;
+    loop {
+        let delay = match source.fetch().await {
+            Ok(token) => {
+                failures = 0;
+                cache.store(&token);
+                metrics.count_token_refresh(&identity, "success");
+                let delay = refresh_delay(token.lifetime);
+                let next = token.requested_at + delay;
+                {
+                    let mut state = cache.lock_state();
+                    state.last_error = None;
+                    state.next_attempt = Some(next);
+                }
+                tracing::info!(
+                    identity = %identity,
+                    lifetime_seconds = token.lifetime.as_secs(),
+                    refresh_in_seconds = next.saturating_duration_since(Instant::now()).as_secs(),
+                    "access token acquired"
+                );
+                next.saturating_duration_since(Instant::now())
+            }
+            Err(error) => {
+                failures += 1;
+                metrics.count_token_refresh(&identity, error.kind());
+                let mut delay = backoff(failures);
+                if let Some(retry_after) = error.retry_after() {
+                    delay = delay.max(retry_after.min(MAX_RETRY_AFTER));
+                }
+                let still_valid = cache.bearer().is_some();
+                {
+                    let mut state = cache.lock_state();
+                    state.last_error = Some(error.to_string());
+                    state.next_attempt = Some(Instant::now() + delay);
+                }
+                tracing::warn!(
+                    identity = %identity,
+                    error = %error,
+                    consecutive_failures = failures,
+                    retry_in_ms = delay.as_millis() as u64,
+                    cached_token_still_valid = still_valid,
+                    "token refresh failed"
+                );
+                delay
+            }
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_at_half_life_and_at_latest_five_minutes_before_expiry() {
+        assert_eq!(
+            refresh_delay(Duration::from_secs(3600)),
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            refresh_delay(Duration::from_secs(480)),
+            Duration::from_secs(180)
+        );
+        assert_eq!(
+            refresh_delay(Duration::from_secs(120)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            refresh_delay(Duration::from_secs(4)),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter() {
+        for failures in 1..50 {
+            let delay = backoff(failures);
+            assert!(delay >= MIN_BACKOFF && delay <= MAX_BACKOFF, "{delay:?}");
+        }
+        assert!(backoff(1) <= Duration::from_millis(1250));
+        assert!(backoff(20) >= Duration::from_secs(45));
+    }
+
+    #[test]
+    fn an_expired_token_is_never_handed_out() {
+        let cache = TokenCache::new("default");
+        assert!(cache.bearer().is_none());
+        let bearer = HeaderValue::from_static("Bearer x");
+        cache.store(&IssuedToken {
+            bearer: bearer.clone(),
+            lifetime: Duration::from_secs(10),
+            requested_at: Instant::now() - Duration::from_secs(9),
+        });
+        assert!(cache.bearer().is_none(), "inside the safety margin");
+        cache.store(&IssuedToken {
+            bearer,
+            lifetime: Duration::from_secs(3600),
+            requested_at: Instant::now(),
+        });
+        assert!(cache.bearer().is_some());
+        assert!(!format!("{:?}", cache.status()).contains("Bearer"));
+    }
+}
