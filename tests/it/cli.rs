@@ -1,0 +1,384 @@
+//! The real binary: configuration errors, `check`, `healthcheck`, logs that never hold a secret,
+//! SIGTERM, and the example configurations.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+use crate::harness::{OLD_PAT, basic_pat, raw_exchange};
+use crate::support::devops::{DevOpsConfig, FakeDevOps};
+use crate::support::entra::{EntraConfig, EntraMode, FakeEntra};
+use crate::support::{self};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ado-auth-proxy");
+
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+struct Fakes {
+    entra: FakeEntra,
+    devops: FakeDevOps,
+    dir: tempfile::TempDir,
+}
+
+impl Fakes {
+    async fn start() -> Fakes {
+        let entra = FakeEntra::start(EntraConfig::default()).await;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let devops = FakeDevOps::start(DevOpsConfig {
+            signing_key: entra.config().signing_key.clone(),
+            git_root: dir.path().join("git"),
+        })
+        .await;
+        Fakes { entra, devops, dir }
+    }
+
+    /// A config file whose secret lives in a file beside it, as an operator would deploy it.
+    fn write_config(&self, proxy_port: u16, admin_port: u16) -> PathBuf {
+        let secret_file = self.dir.path().join("client-secret");
+        std::fs::write(
+            &secret_file,
+            format!("{}\n", self.entra.config().client_secret),
+        )
+        .expect("write secret");
+        let cfg = self.entra.config();
+        let path = self.dir.path().join("proxy.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+                [listen]
+                address = "127.0.0.1:{proxy_port}"
+                [admin]
+                address = "127.0.0.1:{admin_port}"
+                [upstream]
+                url = "{upstream}"
+                [identities.default]
+                tenant_id = "{tenant}"
+                client_id = "{client}"
+                authority = "{authority}"
+                credential = {{ kind = "client_secret", secret_file = "{secret_file}" }}
+                "#,
+                upstream = self.devops.url(),
+                tenant = cfg.tenant_id,
+                client = cfg.client_id,
+                authority = self.entra.authority(),
+                secret_file = secret_file.display(),
+            ),
+        )
+        .expect("write config");
+        path
+    }
+}
+
+async fn wait_ready(admin_port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+            .await
+            .is_ok()
+            && support::get(&format!("http://127.0.0.1:{admin_port}/readyz"), &[])
+                .await
+                .status
+                == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("binary not ready");
+}
+
+async fn terminate(child: &mut Child) -> (std::process::ExitStatus, String) {
+    let pid = child.id().expect("running").to_string();
+    // The shell's builtin `kill`: no procps needed on a slim machine.
+    let _ = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .await;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr).await;
+    }
+    if let Some(mut pipe) = child.stdout.take() {
+        let _ = pipe.read_to_string(&mut stderr).await;
+    }
+    (status, stderr)
+}
+
+#[tokio::test]
+async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
+    let fakes = Fakes::start().await;
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let config = fakes.write_config(proxy_port, admin_port);
+    let mut child = command(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+        "run",
+    ])
+    .env("RUST_LOG", "debug")
+    .spawn()
+    .expect("spawn");
+    wait_ready(admin_port).await;
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+
+    let mut bodies = String::new();
+    let basic = basic_pat();
+    let bearer = format!("Bearer {OLD_PAT}");
+    for (path, auth) in [
+        ("/contoso/_apis/projects", basic.as_str()),
+        ("/contoso/_apis/projects", bearer.as_str()),
+        ("/_test/status/401", basic.as_str()),
+        ("/missing", bearer.as_str()),
+    ] {
+        let reply = support::get(&format!("{proxy}{path}"), &[("authorization", auth)]).await;
+        bodies.push_str(&reply.text());
+    }
+    bodies.push_str(
+        &raw_exchange(
+            format!("127.0.0.1:{proxy_port}").parse().expect("addr"),
+            format!("GET http://x/ HTTP/1.1\r\nHost: x\r\nAuthorization: {bearer}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await,
+    );
+    // A failing refresh logs Entra ID's answer; it must still not echo the secret.
+    fakes.entra.set_mode(EntraMode::Fail {
+        status: 401,
+        code: "AADSTS7000215".into(),
+    });
+    bodies.push_str(
+        &support::get(&format!("http://127.0.0.1:{admin_port}/metrics"), &[])
+            .await
+            .text(),
+    );
+    bodies.push_str(
+        &support::get(&format!("http://127.0.0.1:{admin_port}/readyz"), &[])
+            .await
+            .text(),
+    );
+
+    let (status, logs) = terminate(&mut child).await;
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{logs}"
+    );
+
+    let tokens: Vec<String> = fakes
+        .devops
+        .requests()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .get("authorization")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert!(!tokens.is_empty());
+    let captured = format!("{logs}\n{bodies}");
+    let mut secrets = vec![
+        fakes.entra.config().client_secret.clone(),
+        OLD_PAT.to_string(),
+        basic.clone(),
+    ];
+    secrets.extend(
+        tokens
+            .iter()
+            .map(|t| t.trim_start_matches("Bearer ").to_string()),
+    );
+    for secret in &secrets {
+        assert!(
+            !captured.contains(secret.as_str()),
+            "a secret leaked into logs or bodies"
+        );
+    }
+    assert!(!captured.contains("eyJ"), "something JWT-shaped leaked");
+
+    // One JSON audit line per request, with the promised fields.
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "audit")
+        .collect();
+    assert_eq!(audit.len(), 5, "{logs}");
+    let first = &audit[0];
+    for field in [
+        "request_id",
+        "method",
+        "path",
+        "status",
+        "request_bytes",
+        "response_bytes",
+        "duration_ms",
+        "upstream_ms",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "audit line lacks {field}: {first}"
+        );
+    }
+    assert_eq!(first["path"], "/contoso/_apis/projects");
+    assert!(logs.contains("shutting down"), "{logs}");
+}
+
+#[tokio::test]
+async fn check_reports_the_principal_and_never_the_token() {
+    let fakes = Fakes::start().await;
+    let config = fakes.write_config(free_port(), free_port());
+    let output = command(&["--config", config.to_str().expect("utf-8"), "check"])
+        .output()
+        .await
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("identity default"), "{stdout}");
+    assert!(stdout.contains(&fakes.entra.config().client_id), "{stdout}");
+    assert!(stdout.contains("oid"), "{stdout}");
+    assert!(!stdout.contains("eyJ"), "the token was printed: {stdout}");
+
+    fakes.entra.set_mode(EntraMode::Fail {
+        status: 400,
+        code: "AADSTS700016".into(),
+    });
+    let output = command(&["--config", config.to_str().expect("utf-8"), "check"])
+        .output()
+        .await
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        stdout.contains("AADSTS700016") && stdout.contains("client_id"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn healthcheck_follows_readiness() {
+    let fakes = Fakes::start().await;
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let config = fakes.write_config(proxy_port, admin_port);
+    let config = config.to_str().expect("utf-8");
+    let down = command(&["--config", config, "healthcheck"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!down.status.success(), "nothing listening yet");
+
+    let mut child = command(&["--config", config]).spawn().expect("spawn");
+    wait_ready(admin_port).await;
+    let up = command(&["healthcheck"])
+        .env("ADO_AUTH_PROXY_CONFIG", config)
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let _ = terminate(&mut child).await;
+}
+
+#[tokio::test]
+async fn bad_configurations_are_refused_with_the_key_and_the_problem() {
+    let dir = tempfile::TempDir::new().expect("temp dir");
+    let identity = "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { kind = \"client_secret\", secret = \"x\" }\n";
+    let cases = [
+        ("[listen]\naddress = \"0.0.0.0:8080\"\n", "listen.address"),
+        (
+            "[upstream]\nurl = \"http://dev.azure.com\"\n",
+            "upstream.url",
+        ),
+        ("[upstream]\nulr = \"https://dev.azure.com\"\n", "ulr"),
+        (
+            "[upstream]\nresponse_timeout = \"forever\"\n",
+            "response_timeout",
+        ),
+        (
+            "[upstream]\nca_file = \"/nonexistent/ca.pem\"\n",
+            "upstream.ca_file",
+        ),
+        ("[admin]\naddress = \"nowhere\"\n", "admin.address"),
+    ];
+    for (i, (toml, key)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, format!("{toml}{identity}")).expect("write");
+        let output = command(&["--config", path.to_str().expect("utf-8"), "run"])
+            .output()
+            .await
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{toml}: {stderr}");
+        assert!(stderr.contains(key), "{toml}: {stderr}");
+    }
+    let output = command(&["--config", "/nonexistent.toml"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent.toml"));
+
+    let output = command(&["run"]).output().await.expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("AZURE_TENANT_ID"), "{stderr}");
+}
+
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name)
+}
+
+#[tokio::test]
+async fn the_example_configurations_load_and_get_a_token() {
+    let fakes = Fakes::start().await;
+    let cfg = fakes.entra.config();
+    for name in ["sidecar.toml", "shared-service.toml"] {
+        let output = command(&["--config", example(name).to_str().expect("utf-8"), "check"])
+            .env("AZURE_TENANT_ID", &cfg.tenant_id)
+            .env("AZURE_CLIENT_ID", &cfg.client_id)
+            .env("AZURE_CLIENT_SECRET", &cfg.client_secret)
+            .env("AZURE_AUTHORITY_HOST", fakes.entra.authority())
+            .output()
+            .await
+            .expect("runs");
+        assert!(
+            output.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! The request path through the real server: credentials swapped, headers cleaned, targets
+//! checked, upstream failures mapped.
+
+use crate::harness::{OLD_PAT, Options, Stack, basic_pat, raw_exchange};
+use crate::support::{self, jwt};
+
+#[tokio::test]
+async fn basic_and_bearer_pats_are_replaced_by_the_service_principal_token() {
+    let stack = Stack::start().await;
+    let basic = basic_pat();
+    let bearer = format!("Bearer {OLD_PAT}");
+    for auth in [basic.as_str(), bearer.as_str()] {
+        let reply = support::get(
+            &stack.url("/contoso/_apis/projects?api-version=7.1"),
+            &[
+                ("authorization", auth),
+                ("cookie", &format!("pat={OLD_PAT}")),
+            ],
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.json()["value"][0]["name"], "web");
+    }
+    let recorded = stack.devops.requests();
+    assert_eq!(recorded.len(), 2);
+    for request in &recorded {
+        let auth = request.headers["authorization"].to_str().expect("ascii");
+        let token = auth.strip_prefix("Bearer ").expect("bearer token");
+        let claims = jwt::verify(token, &stack.entra.config().signing_key).expect("valid JWT");
+        assert_eq!(claims["appid"], stack.entra.config().client_id);
+        assert_eq!(request.headers.get_all("authorization").iter().count(), 1);
+        assert!(request.headers.get("cookie").is_none());
+        for (name, value) in &request.headers {
+            assert!(
+                !String::from_utf8_lossy(value.as_bytes()).contains(OLD_PAT),
+                "PAT reached Azure DevOps in {name}"
+            );
+        }
+        assert_eq!(request.headers["host"], stack.devops.addr().to_string());
+        assert_eq!(request.headers["x-tfs-fedauthredirect"], "Suppress");
+        assert_eq!(request.uri, "/contoso/_apis/projects?api-version=7.1");
+    }
+}
+
+#[tokio::test]
+async fn many_requests_cost_one_token_fetch() {
+    let stack = Stack::start().await;
+    for _ in 0..25 {
+        let reply = support::get(&stack.url("/contoso/_apis/projects"), &[]).await;
+        assert_eq!(reply.status, 200);
+    }
+    assert_eq!(stack.entra.token_requests(), 1);
+    let form = stack.entra.last_form().expect("a token request");
+    let field = |name: &str| {
+        form.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("grant_type"), "client_credentials");
+    assert_eq!(
+        field("scope"),
+        "499b84ac-1321-427f-aa17-267ca6975798/.default"
+    );
+}
+
+#[tokio::test]
+async fn hop_by_hop_and_steering_headers_are_removed_both_ways() {
+    let stack = Stack::start().await;
+    let reply = support::get(
+        &stack.url("/_test/echo"),
+        &[
+            ("connection", "keep-alive, x-drop-me"),
+            ("x-drop-me", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-forwarded-for", "10.1.2.3"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=10.1.2.3"),
+            ("x-http-method-override", "DELETE"),
+            ("x-original-url", "/other"),
+            ("x-keep-me", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let received = reply.json()["headers"].clone();
+    for gone in [
+        "connection",
+        "x-drop-me",
+        "keep-alive",
+        "te",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "forwarded",
+        "x-http-method-override",
+        "x-original-url",
+    ] {
+        assert!(
+            received.get(gone).is_none(),
+            "{gone} reached upstream: {received}"
+        );
+    }
+    assert_eq!(received["x-keep-me"][0], "yes");
+
+    let reply = support::get(&stack.url("/_test/hop-by-hop"), &[]).await;
+    assert_eq!(reply.status, 200);
+    for gone in [
+        "x-secret-hop",
+        "keep-alive",
+        "proxy-authenticate",
+        "set-cookie",
+        "upgrade",
+    ] {
+        assert!(reply.header(gone).is_none(), "{gone} reached the client");
+    }
+    assert_eq!(reply.header("x-normal"), Some("kept"));
+    assert!(reply.header("x-request-id").is_some());
+}
+
+#[tokio::test]
+async fn absolute_form_asterisk_connect_and_trace_are_refused() {
+    let stack = Stack::start().await;
+    let cases: [(&[u8], &str); 4] = [
+        (
+            b"GET http://evil.example/x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+        (
+            b"CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        (
+            b"TRACE / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+        (
+            b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ];
+    for (request, expected) in cases {
+        let answer = raw_exchange(stack.proxy, request).await;
+        assert!(answer.starts_with(expected), "{expected}: {answer}");
+        assert!(answer.contains("application/json"), "{answer}");
+        assert!(answer.contains("\"request_id\""), "{answer}");
+    }
+    assert!(
+        stack.devops.requests().is_empty(),
+        "nothing may be forwarded"
+    );
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains(r#"ado_auth_proxy_refused_requests_total{reason="method_not_allowed"} 2"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_path_that_looks_like_a_host_stays_a_path_on_the_upstream() {
+    let stack = Stack::start().await;
+    let answer = raw_exchange(
+        stack.proxy,
+        b"GET //evil.example/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let recorded = stack.devops.requests();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].uri, "//evil.example/x");
+}
+
+#[tokio::test]
+async fn redirects_are_passed_back_not_followed() {
+    let stack = Stack::start().await;
+    let reply = support::get(&stack.url("/_test/redirect"), &[]).await;
+    assert_eq!(reply.status, 302);
+    assert!(
+        reply
+            .header("location")
+            .is_some_and(|l| l.contains("blob.core.windows.net"))
+    );
+    assert_eq!(stack.devops.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_and_silent_upstream_is_504() {
+    let mut stack = Stack::start_with(Options {
+        upstream_toml: "response_timeout = \"500ms\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let reply = support::get(&stack.url("/_test/slow?ms=3000"), &[]).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "gateway_timeout");
+
+    // Point a second proxy at a port nobody listens on.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr")
+    };
+    stack.shutdown().await;
+    let toml = Stack::config_toml(
+        &stack.entra,
+        &format!("http://{closed}"),
+        &Options::default(),
+    );
+    let app = ado_auth_proxy::App::build(
+        ado_auth_proxy::config::Config::from_toml(&toml).expect("config"),
+    )
+    .await
+    .expect("starts");
+    let proxy = app.proxy_addr();
+    let admin = app.admin_addr();
+    let task = tokio::spawn(app.run(std::future::pending()));
+    for _ in 0..100 {
+        if support::get(&format!("http://{admin}/readyz"), &[])
+            .await
+            .status
+            == 200
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let reply = support::get(&format!("http://{proxy}/contoso/_apis/projects"), &[]).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "bad_gateway");
+    let metrics = support::get(&format!("http://{admin}/metrics"), &[])
+        .await
+        .text();
+    assert!(
+        metrics.contains(r#"ado_auth_proxy_upstream_errors_total{kind="connect"} 1"#),
+        "{metrics}"
+    );
+    task.abort();
+}
+
+#[tokio::test]
+async fn upstream_429_is_passed_through_and_counted() {
+    let stack = Stack::start().await;
+    let reply = support::get(&stack.url("/_test/status/429"), &[]).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    let metrics = stack.metrics().await;
+    assert!(
+        metrics.contains(r#"ado_auth_proxy_upstream_throttled_total{identity="default"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"ado_auth_proxy_upstream_rate_limit_remaining{identity="default"} 0"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn in_flight_requests_finish_during_graceful_shutdown() {
+    let mut stack = Stack::start().await;
+    let url = stack.url("/_test/slow?ms=700");
+    let pending = tokio::spawn(async move { support::get(&url, &[]).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stack.shutdown().await;
+    let reply = pending.await.expect("request task");
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(
+        tokio::net::TcpStream::connect(stack.proxy).await.is_err(),
+        "the listener is closed after shutdown"
+    );
+}

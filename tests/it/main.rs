@@ -1,0 +1,15 @@
+//! The single integration-test binary: one module per feature, sharing the fakes in tests/support.
+// Items shared between test modules are `pub`; this binary exports nothing.
+#![allow(unreachable_pub)]
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod fakes;
+
+mod cli;
+mod forwarding;
+mod git;
+mod harness;
+mod streaming;
+mod tokens;
