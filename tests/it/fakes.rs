@@ -1,0 +1,603 @@
+//! Self-tests of the fakes, over real sockets: if these fail, no proxy test result means anything.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::devops::{DevOpsConfig, FakeDevOps, is_pattern};
+use crate::support::entra::{
+    DEVOPS_SCOPE, EntraConfig, EntraMode, FakeEntra, OBJECT_ID, token_claims,
+};
+use crate::support::{self, Reply, body_channel, form_encode, get, jwt, request};
+
+const MIB: u64 = 1024 * 1024;
+
+struct Fakes {
+    entra: FakeEntra,
+    devops: FakeDevOps,
+    root: tempfile::TempDir,
+}
+
+async fn fakes() -> Fakes {
+    let root = tempfile::tempdir().expect("tempdir for git repos");
+    let entra = FakeEntra::start(EntraConfig::default()).await;
+    let devops = FakeDevOps::start(DevOpsConfig {
+        signing_key: entra.config().signing_key.clone(),
+        git_root: root.path().to_owned(),
+    })
+    .await;
+    Fakes {
+        entra,
+        devops,
+        root,
+    }
+}
+
+impl Fakes {
+    fn token(&self) -> String {
+        let cfg = self.entra.config();
+        jwt::sign(&token_claims(cfg, 600, "test"), &cfg.signing_key)
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.token())
+    }
+
+    async fn devops_get(&self, path: &str) -> Reply {
+        let auth = self.bearer();
+        get(
+            &format!("{}{path}", self.devops.url()),
+            &[("authorization", &auth)],
+        )
+        .await
+    }
+}
+
+async fn post_token(entra: &FakeEntra, tenant: &str, form: &[(&str, &str)]) -> Reply {
+    request(
+        "POST",
+        &format!("{}/{tenant}/oauth2/v2.0/token", entra.authority()),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form_encode(form),
+    )
+    .await
+}
+
+fn good_form(cfg: &EntraConfig) -> Vec<(&str, &str)> {
+    vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", &cfg.client_id),
+        ("client_secret", &cfg.client_secret),
+        ("scope", DEVOPS_SCOPE),
+    ]
+}
+
+fn assert_entra_error(reply: &Reply, status: u16, error: &str, code: u64) {
+    assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(body["error"], error);
+    assert_eq!(body["error_codes"], json!([code]));
+    let description = body["error_description"].as_str().expect("description");
+    assert!(
+        description.starts_with(&format!("AADSTS{code}: ")),
+        "{description}"
+    );
+    assert!(description.contains("Trace ID: "), "{description}");
+    assert!(body["trace_id"].is_string() && body["correlation_id"].is_string());
+}
+
+#[test]
+fn jwt_round_trips_and_refuses_forgeries() {
+    let claims = json!({ "exp": jwt::now() + 60, "aud": "x" });
+    let token = jwt::sign(&claims, b"key");
+    assert_eq!(jwt::verify(&token, b"key").expect("valid token"), claims);
+    assert!(jwt::verify(&token, b"other key").is_err());
+
+    let (head, rest) = token.split_once('.').expect("three parts");
+    let (_, sig) = rest.split_once('.').expect("three parts");
+    let forged_payload = jwt::sign(&json!({ "exp": jwt::now() + 60, "aud": "y" }), b"x");
+    let forged_payload = forged_payload.split('.').nth(1).expect("payload");
+    assert!(jwt::verify(&format!("{head}.{forged_payload}.{sig}"), b"key").is_err());
+
+    let none_header = "eyJhbGciOiJub25lIn0"; // {"alg":"none"}
+    let payload = rest.split('.').next().expect("payload");
+    let unsigned = format!("{none_header}.{payload}.");
+    assert!(
+        jwt::verify(&unsigned, b"key")
+            .expect_err("alg none")
+            .contains("HS256")
+    );
+
+    let expired = jwt::sign(&json!({ "exp": jwt::now() - 1 }), b"key");
+    assert!(
+        jwt::verify(&expired, b"key")
+            .expect_err("expired")
+            .contains("expired")
+    );
+}
+
+#[test]
+fn form_decoding_handles_plus_and_percent() {
+    let encoded = form_encode(&[("a b", "x+y/z%&="), ("scope", DEVOPS_SCOPE)]);
+    assert_eq!(
+        support::parse_form(&encoded),
+        vec![
+            ("a b".to_owned(), "x+y/z%&=".to_owned()),
+            ("scope".to_owned(), DEVOPS_SCOPE.to_owned()),
+        ]
+    );
+    assert_eq!(
+        support::parse_form("k=%zz%4"),
+        vec![("k".into(), "%zz%4".into())]
+    );
+}
+
+#[tokio::test]
+async fn entra_issues_distinct_verifiable_tokens() {
+    let entra = FakeEntra::start(EntraConfig {
+        client_secret: "s3cr+t with spaces/&=".into(),
+        ..EntraConfig::default()
+    })
+    .await;
+    let cfg = entra.config();
+    let first = post_token(&entra, &cfg.tenant_id, &good_form(cfg)).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let body = first.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 3600);
+    assert_eq!(body["ext_expires_in"], 3600);
+    let token = body["access_token"].as_str().expect("access_token");
+    let claims = jwt::verify(token, &cfg.signing_key).expect("token verifies");
+    assert_eq!(claims["aud"], "499b84ac-1321-427f-aa17-267ca6975798");
+    assert_eq!(claims["appid"], cfg.client_id.as_str());
+    assert_eq!(claims["tid"], cfg.tenant_id.as_str());
+    assert_eq!(claims["oid"], OBJECT_ID);
+    assert_eq!(
+        claims["iss"],
+        format!("https://sts.windows.net/{}/", cfg.tenant_id)
+    );
+    assert_eq!(
+        claims["exp"].as_u64(),
+        claims["iat"].as_u64().map(|t| t + 3600)
+    );
+
+    entra.set_lifetime(120);
+    let second = post_token(&entra, &cfg.tenant_id, &good_form(cfg))
+        .await
+        .json();
+    assert_eq!(second["expires_in"], 120);
+    assert_ne!(second["access_token"], body["access_token"]);
+    assert_eq!((entra.token_requests(), entra.tokens_issued()), (2, 2));
+    let form = entra.last_form().expect("a form was received");
+    assert!(form.contains(&("grant_type".into(), "client_credentials".into())));
+    assert!(form.contains(&("client_secret".into(), cfg.client_secret.clone())));
+}
+
+#[tokio::test]
+async fn entra_refuses_like_entra() {
+    let entra = FakeEntra::start(EntraConfig::default()).await;
+    let cfg = entra.config();
+    let tenant = cfg.tenant_id.as_str();
+    let with = |name: &'static str, value: &'static str| {
+        let mut form = good_form(cfg);
+        form.iter_mut()
+            .filter(|(k, _)| *k == name)
+            .for_each(|f| f.1 = value);
+        form
+    };
+
+    let reply = post_token(&entra, tenant, &with("client_secret", "wrong")).await;
+    assert_entra_error(&reply, 401, "invalid_client", 7000215);
+    let reply = post_token(&entra, "no-such-tenant", &good_form(cfg)).await;
+    assert_entra_error(&reply, 400, "invalid_request", 90002);
+    let reply = post_token(&entra, tenant, &with("grant_type", "password")).await;
+    assert_entra_error(&reply, 400, "unsupported_grant_type", 70003);
+    let reply = post_token(&entra, tenant, &with("client_id", "someone-else")).await;
+    assert_entra_error(&reply, 400, "unauthorized_client", 700016);
+    let reply = post_token(
+        &entra,
+        tenant,
+        &with("scope", "https://graph.microsoft.com/.default"),
+    )
+    .await;
+    assert_entra_error(&reply, 400, "invalid_scope", 70011);
+    let reply = get(&entra.token_url(), &[]).await;
+    assert_entra_error(&reply, 400, "invalid_request", 900561);
+
+    assert_eq!((entra.token_requests(), entra.tokens_issued()), (5, 0));
+}
+
+#[tokio::test]
+async fn entra_modes_inject_failures() {
+    let entra = FakeEntra::start(EntraConfig::default()).await;
+    let cfg = entra.config();
+    let form = good_form(cfg);
+    let fetch = || post_token(&entra, &cfg.tenant_id, &form);
+
+    entra.set_mode(EntraMode::Fail {
+        status: 400,
+        code: "AADSTS7000222".into(),
+    });
+    assert_entra_error(&fetch().await, 400, "invalid_client", 7000222);
+
+    entra.set_mode(EntraMode::Garbage);
+    let reply = fetch().await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (StatusCode::OK, "<html>not json")
+    );
+
+    entra.set_mode(EntraMode::Throttle {
+        retry_after_secs: 60,
+    });
+    let reply = fetch().await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.header("retry-after"), Some("60"));
+
+    entra.set_mode(EntraMode::ExpiresIn(json!("3599")));
+    let body = fetch().await.json();
+    assert_eq!(body["expires_in"], "3599");
+    jwt::verify(
+        body["access_token"].as_str().expect("token"),
+        &cfg.signing_key,
+    )
+    .expect("still a real token");
+
+    entra.set_mode(EntraMode::AccessToken(json!("bad\ntoken")));
+    assert_eq!(fetch().await.json()["access_token"], "bad\ntoken");
+
+    entra.set_mode(EntraMode::Hang);
+    let hung = tokio::time::timeout(Duration::from_millis(300), fetch()).await;
+    assert!(hung.is_err(), "Hang mode answered");
+
+    entra.set_mode(EntraMode::Normal);
+    assert_eq!(fetch().await.status, StatusCode::OK);
+    assert_eq!((entra.token_requests(), entra.tokens_issued()), (7, 2));
+}
+
+#[tokio::test]
+async fn devops_admits_only_valid_tokens_and_records_everything() {
+    let f = fakes().await;
+    let url = format!("{}/contoso/_apis/projects", f.devops.url());
+    let cfg = f.entra.config();
+    let signed = |claims: Value, key: &[u8]| format!("Bearer {}", jwt::sign(&claims, key));
+    let mut wrong_aud = token_claims(cfg, 600, "t");
+    wrong_aud["aud"] = json!("https://management.azure.com/");
+    let mut expired = token_claims(cfg, 600, "t");
+    expired["exp"] = json!(jwt::now() - 5);
+    let refused = [
+        None,
+        Some(signed(token_claims(cfg, 600, "t"), b"another key")),
+        Some(signed(wrong_aud, &cfg.signing_key)),
+        Some(signed(expired, &cfg.signing_key)),
+        Some(format!("Basic {}", f.token())),
+    ];
+    for auth in &refused {
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let reply = get(&url, &headers).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some("Bearer authorization_uri=https://login.microsoftonline.com/common")
+        );
+    }
+
+    let reply = f
+        .devops_get("/contoso/_apis/projects?api-version=7.1")
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let body = reply.json();
+    assert_eq!(body["count"], 1);
+    assert_eq!(body["value"][0]["name"], "web");
+    assert_eq!(
+        body["value"][0]["url"],
+        format!("{}/contoso/_apis/projects/web", f.devops.url())
+    );
+
+    let auth = f.bearer();
+    let echo = request(
+        "POST",
+        &format!("{}/_test/echo?a=%2F&b", f.devops.url()),
+        &[("authorization", &auth), ("x-multi", "1"), ("x-multi", "2")],
+        vec![0u8; 1000],
+    )
+    .await
+    .json();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["uri"], "/_test/echo?a=%2F&b");
+    assert_eq!(echo["headers"]["x-multi"], json!(["1", "2"]));
+    assert_eq!(echo["body_bytes"], 1000);
+
+    let recorded = f.devops.requests();
+    assert_eq!(recorded.len(), 7);
+    assert_eq!(
+        recorded.iter().map(|r| r.authorized).collect::<Vec<_>>(),
+        [false, false, false, false, false, true, true]
+    );
+    let last = &recorded[6];
+    assert_eq!(
+        (last.method.as_str(), last.uri.as_str()),
+        ("POST", "/_test/echo?a=%2F&b")
+    );
+    assert_eq!(last.body_bytes, 1000);
+    assert_eq!(last.headers["authorization"], auth.as_str());
+}
+
+#[tokio::test]
+async fn devops_rest_and_test_routes() {
+    let f = fakes().await;
+    for path in ["/_apis/connectionData", "/contoso/_apis/connectionData"] {
+        let body = f.devops_get(path).await.json();
+        assert_eq!(body["authenticatedUser"]["id"], OBJECT_ID);
+        assert_eq!(
+            body["authenticatedUser"]["providerDisplayName"],
+            f.entra.config().client_id.as_str()
+        );
+    }
+
+    let reply = f.devops_get("/_test/status/429").await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.header("retry-after"), Some("7"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    let reply = f.devops_get("/_test/status/204").await;
+    assert_eq!(
+        (reply.status, reply.body.len()),
+        (StatusCode::NO_CONTENT, 0)
+    );
+    assert_eq!(
+        f.devops_get("/_test/status/503").await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let reply = f.devops_get("/_test/redirect").await;
+    assert_eq!(reply.status, StatusCode::FOUND);
+    assert_eq!(
+        reply.header("location"),
+        Some("https://example.blob.core.windows.net/x?sig=abc")
+    );
+
+    let started = Instant::now();
+    assert_eq!(f.devops_get("/_test/slow?ms=200").await.text(), "slow");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    assert_eq!(
+        f.devops_get("/nothing/here").await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        f.devops_get("/_test/upload").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn devops_hop_by_hop_headers_reach_the_wire() {
+    let f = fakes().await;
+    let mut stream = tokio::net::TcpStream::connect(f.devops.addr())
+        .await
+        .expect("connect");
+    let head = format!(
+        "GET /_test/hop-by-hop HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n",
+        f.bearer()
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let mut raw = String::new();
+    // The server closes after this response because of its own `Connection: close`.
+    tokio::time::timeout(Duration::from_secs(2), stream.read_to_string(&mut raw))
+        .await
+        .expect("server closed the connection")
+        .expect("read");
+    let raw = raw.to_ascii_lowercase();
+    for line in [
+        "connection: close, x-secret-hop",
+        "x-secret-hop: 1",
+        "keep-alive: timeout=5",
+        "proxy-connection: keep-alive",
+        "proxy-authenticate: basic",
+        "set-cookie: session=sp-session",
+        "upgrade: h2c",
+        "trailer: x-trailer",
+        "x-normal: kept",
+    ] {
+        assert!(
+            raw.contains(&format!("\r\n{line}\r\n")),
+            "{line} missing in:\n{raw}"
+        );
+    }
+    assert!(raw.ends_with("\r\n\r\nok"), "{raw}");
+}
+
+#[tokio::test]
+async fn devops_download_streams_the_pattern_and_honours_the_gate() {
+    let f = fakes().await;
+    let auth = f.bearer();
+    let open = |path: String| {
+        let req = Request::get(format!("{}{path}", f.devops.url()))
+            .header("authorization", &auth)
+            .body(http_body_util::Empty::<Bytes>::new())
+            .expect("request");
+        support::send(req)
+    };
+
+    let total = 3 * MIB + 12345;
+    let res = open(format!("/_test/download?bytes={total}&gate=1"))
+        .await
+        .expect("download");
+    assert_eq!(res.headers()["content-length"], total.to_string().as_str());
+    let mut body = res.into_body();
+    let mut received = 0u64;
+    while received < MIB {
+        let frame = body.frame().await.expect("more body").expect("body ok");
+        let data = frame.into_data().expect("data frame");
+        assert!(is_pattern(received, &data));
+        received += data.len() as u64;
+    }
+    assert_eq!(received, MIB);
+    let stalled = tokio::time::timeout(Duration::from_millis(300), body.frame()).await;
+    assert!(stalled.is_err(), "gated download went past 1 MiB");
+    assert_eq!(f.devops.download_bytes_sent(), MIB);
+
+    f.devops.release_download();
+    while let Some(frame) = body.frame().await {
+        let data = frame.expect("body ok").into_data().expect("data frame");
+        assert!(is_pattern(received, &data));
+        received += data.len() as u64;
+    }
+    assert_eq!(received, total);
+
+    let res = open("/_test/truncate?bytes=200000".into())
+        .await
+        .expect("truncate");
+    assert_eq!(res.headers()["content-length"], "200000");
+    assert!(
+        res.into_body().collect().await.is_err(),
+        "truncated body read as complete"
+    );
+}
+
+#[tokio::test]
+async fn devops_upload_counts_bytes_while_they_stream() {
+    let f = fakes().await;
+    let (tx, body) = body_channel(1);
+    let req = Request::put(format!("{}/_test/upload", f.devops.url()))
+        .header("authorization", f.bearer())
+        .body(body)
+        .expect("request");
+    let response = tokio::spawn(support::send(req));
+
+    tx.send(Ok(Bytes::from(vec![1u8; MIB as usize])))
+        .await
+        .expect("send first MiB");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while f.devops.upload_bytes_received() < MIB {
+        assert!(Instant::now() < deadline, "first MiB never counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tx.send(Ok(Bytes::from(vec![2u8; MIB as usize])))
+        .await
+        .expect("send second MiB");
+    drop(tx);
+
+    let res = response.await.expect("join").expect("upload answered");
+    let body = res.into_body().collect().await.expect("body").to_bytes();
+    let body: Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(body["bytes"], 2 * MIB);
+    assert_eq!(f.devops.upload_bytes_received(), 2 * MIB);
+    assert_eq!(f.devops.requests()[0].body_bytes, 2 * MIB);
+}
+
+async fn git(home: &Path, cwd: &Path, args: &[&str]) -> Output {
+    tokio::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=Test",
+            "-c",
+            "user.email=test@example.invalid",
+        ])
+        .args(args)
+        .current_dir(cwd)
+        .env("HOME", home)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("GIT_ASKPASS")
+        .env_remove("SSH_ASKPASS")
+        .output()
+        .await
+        .expect("run git")
+}
+
+async fn git_ok(home: &Path, cwd: &Path, args: &[&str]) -> String {
+    let out = git(home, cwd, args).await;
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn git_clone_and_push_against_fake_devops() {
+    let f = fakes().await;
+    f.devops.create_repo("contoso", "web", "web");
+    let home = tempfile::tempdir().expect("home");
+    let (home, work) = (home.path(), f.root.path());
+    let url = format!("{}/contoso/web/_git/web", f.devops.url());
+    let auth = format!("http.extraheader=Authorization: {}", f.bearer());
+
+    let anonymous = git(home, work, &["clone", &url, "anon"]).await;
+    assert!(!anonymous.status.success());
+    let stderr = String::from_utf8_lossy(&anonymous.stderr);
+    assert!(stderr.contains("could not read Username"), "{stderr}");
+
+    git_ok(home, work, &["-c", &auth, "clone", &url, "one"]).await;
+    let one = work.join("one");
+    let readme = std::fs::read_to_string(one.join("README.md")).expect("README.md cloned");
+    assert!(readme.starts_with("# web"));
+
+    // Incompressible and above http.postBuffer, so git pushes with chunked encoding.
+    let blob: Vec<u8> = std::iter::repeat_with(|| fastrand::u8(..))
+        .take(3 << 20)
+        .collect();
+    std::fs::write(one.join("blob.bin"), &blob).expect("write blob");
+    git_ok(home, &one, &["add", "blob.bin"]).await;
+    git_ok(home, &one, &["commit", "-q", "-m", "add blob"]).await;
+    git_ok(home, &one, &["-c", &auth, "push", "origin", "main"]).await;
+
+    git_ok(home, work, &["-c", &auth, "clone", &url, "two"]).await;
+    let pushed = std::fs::read(work.join("two/blob.bin")).expect("pushed blob cloned back");
+    assert!(pushed == blob, "blob differs after a round trip");
+    let log = git_ok(home, &work.join("two"), &["log", "--format=%s"]).await;
+    assert_eq!(log, "add blob\nInitial commit\n");
+
+    // Enough local-only commits that the fetch negotiation exceeds 1 KiB of "have" lines, which
+    // git sends gzip-compressed (Content-Encoding: gzip) for http-backend to inflate.
+    let two = work.join("two");
+    for i in 0..40 {
+        let message = format!("local {i}");
+        git_ok(
+            home,
+            &two,
+            &["commit", "-q", "--allow-empty", "-m", &message],
+        )
+        .await;
+    }
+    git_ok(
+        home,
+        &one,
+        &["commit", "-q", "--allow-empty", "-m", "remote"],
+    )
+    .await;
+    git_ok(home, &one, &["-c", &auth, "push", "-q", "origin", "main"]).await;
+    git_ok(home, &two, &["-c", &auth, "fetch", "-q", "origin"]).await;
+    let fetched = git_ok(home, &two, &["log", "-1", "--format=%s", "origin/main"]).await;
+    assert_eq!(fetched, "remote\n");
+
+    // git probes with a 4-byte POST before a chunked push; the blob push is the biggest one.
+    let requests = f.devops.requests();
+    let push = requests
+        .iter()
+        .filter(|r| r.uri.ends_with("/git-receive-pack"))
+        .max_by_key(|r| r.body_bytes)
+        .expect("a receive-pack request");
+    assert!(push.authorized);
+    assert!(push.body_bytes >= 3 << 20);
+    assert!(
+        push.headers.get("content-length").is_none(),
+        "push was not chunked"
+    );
+    assert!(
+        requests.iter().any(|r| r.uri.ends_with("/git-upload-pack")
+            && r.headers
+                .get("content-encoding")
+                .is_some_and(|v| v == "gzip")),
+        "no gzip-encoded upload-pack request"
+    );
+}
