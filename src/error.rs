@@ -74,6 +74,14 @@ impl Rejection {
         }
     }
 
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        match self {
+            Rejection::Upstream(failure) => Some(*failure),
+            Rejection::UpstreamUpgrade => Some(UpstreamFailure::Protocol),
+            _ => None,
+        }
+    }
+
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
             Rejection::BadRequest(_) => Some(Refusal::BadRequest),

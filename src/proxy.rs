@@ -12,7 +12,7 @@ use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
 use crate::error::Rejection;
 use crate::forward::Upstream;
 use crate::headers;
-use crate::metrics::{Metrics, UpstreamFailure};
+use crate::metrics::Metrics;
 use crate::target;
 use crate::token::TokenCache;
 
@@ -54,8 +54,8 @@ impl Proxy {
                 if let Some(refusal) = rejection.refusal() {
                     self.metrics.count_refusal(refusal);
                 }
-                if let Rejection::Upstream(failure) = &rejection {
-                    self.metrics.count_upstream_failure(*failure);
+                if let Some(failure) = rejection.upstream_failure() {
+                    self.metrics.count_upstream_failure(failure);
                 }
                 let status = rejection.status().as_u16();
                 rejection
@@ -123,11 +123,5 @@ impl Proxy {
             self.metrics
                 .set_rate_limit_remaining(identity, remaining as i64);
         }
-    }
-}
-
-impl From<UpstreamFailure> for Rejection {
-    fn from(failure: UpstreamFailure) -> Self {
-        Rejection::Upstream(failure)
     }
 }
