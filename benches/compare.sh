@@ -1,0 +1,452 @@
+#!/usr/bin/env bash
+# Compare ado-auth-proxy with nginx (and with no proxy at all) in front of a loopback upstream.
+#
+#   benches/compare.sh                       # direct, nginx and proxy; 3 rounds of 10 s runs
+#   TARGETS="direct nginx" ROUNDS=1 DURATION=5s benches/compare.sh
+#
+# Environment (defaults in brackets):
+#   TARGETS        which targets to measure ["direct nginx proxy"]
+#   ROUNDS         rounds; the target order rotates every round, the table shows medians [3]
+#   DURATION       wrk duration of each small-request run [10s]
+#   CONNECTIONS    wrk connection counts for the small-request runs ["16 128"]
+#   WRK_THREADS    wrk threads [1]
+#   STREAM_BYTES   bytes downloaded and uploaded through each target [1073741824 = 1 GiB]
+#   NGINX_WORKERS  nginx worker_processes [nproc, i.e. "auto"]
+#   NGINX_BUFFER   nginx proxy/client body buffer size, in KiB with a k suffix [64k]
+#   PROXY_RUST_LOG RUST_LOG of the proxy; info writes the audit line per request [info]
+#   HOLD_CARGO_LOCK=0  do not hold /tmp/cargo.lock while measuring (see below) [1]
+#   BENCH_UPSTREAM_THREADS  tokio worker threads of the upstream [1]
+#   UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT  loopback ports [18081 18082 18083 18093]
+#   RESULTS        where the markdown table goes [benches/results.md]
+#   SKIP_BUILD=1   use the binaries already in target/release
+#   KEEP_WORK=1    keep the temporary directory (configs, logs) after the run
+#
+# Everything listens on and targets 127.0.0.1 only; every step is bounded in time, and the
+# processes this script starts are stopped on exit.
+#
+# Fairness (2-core machine; load generator, system under test and upstream share it):
+# - upstream: one tokio worker thread, the same for every target, so each target competes with
+#   the same upstream;
+# - ado-auth-proxy: its default runtime (a tokio worker per core = 2); nginx: `worker_processes`
+#   = nproc (what `auto` gives) = 2. Both may use both cores;
+# - wrk: ONE thread. One wrk thread drives ~65k small requests/s against the bare upstream
+#   here, more than either proxy reaches, and a second thread would only take CPU from the
+#   system under test (measured here: -t2 was no faster than -t1 even against the bare upstream);
+# - both proxies log one access/audit line per request to a file (nginx `access_log`, the
+#   proxy's stderr redirected), keep upstream connections alive (nginx `keepalive` pool),
+#   stream both ways (`proxy_buffering off`, `proxy_request_buffering off`, 64 KiB buffers
+#   rather than nginx's 4/8 KiB defaults, which stream 2-3x slower here), replace
+#   Authorization with a bearer token of the same ~1400 characters and rewrite Host;
+# - nginx `keepalive_requests` is raised so it does not close client connections every 1000
+#   requests (the proxy does not either).
+# - concurrent builds: the machine's cargo builds go through `flock /tmp/cargo.lock`; the script
+#   holds that lock while it measures (HOLD_CARGO_LOCK=1), so no build competes for the cores.
+# - CPU per request counts the system under test only (the proxy process; nginx master +
+#   workers); for "direct" it is the upstream's own cost, for reference.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TARGETS=${TARGETS:-"direct nginx proxy"}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-"16 128"}
+WRK_THREADS=${WRK_THREADS:-1}
+STREAM_BYTES=${STREAM_BYTES:-1073741824}
+NCPU=$(nproc)
+NGINX_WORKERS=${NGINX_WORKERS:-$NCPU}
+NGINX_BUFFER=${NGINX_BUFFER:-64k}
+export BENCH_UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
+UP_PORT=${UP_PORT:-18081}
+NGINX_PORT=${NGINX_PORT:-18082}
+PROXY_PORT=${PROXY_PORT:-18083}
+PROXY_ADMIN_PORT=${PROXY_ADMIN_PORT:-18093}
+RESULTS=${RESULTS:-$ROOT/benches/results.md}
+SKIP_BUILD=${SKIP_BUILD:-0}
+KEEP_WORK=${KEEP_WORK:-0}
+
+TENANT=3f1c2b7a-5d4e-4c8b-9a0f-6e2d1c3b4a59
+CLIENT=8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d
+
+UPSTREAM_BIN=$ROOT/target/release/examples/bench-upstream
+PROXY_BIN=$ROOT/target/release/ado-auth-proxy
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+for t in $TARGETS; do
+  case $t in direct | nginx | proxy) ;; *) die "unknown target '$t' (direct, nginx, proxy)" ;; esac
+done
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ $DURATION =~ ^[1-9][0-9]*s$ ]] || die "DURATION must be seconds, like 10s"
+[[ $NGINX_BUFFER =~ ^[1-9][0-9]*k$ ]] || die "NGINX_BUFFER must be KiB, like 64k"
+HOLD_CARGO_LOCK=${HOLD_CARGO_LOCK:-1}
+PROXY_RUST_LOG=${PROXY_RUST_LOG:-info}
+DURATION_S=${DURATION%s}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v curl >/dev/null || need+=(curl)
+if has_target nginx && ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+  need+=(nginx-light)
+fi
+if ((${#need[@]})); then
+  log "installing ${need[*]}"
+  sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+# ---------------------------------------------------------------------------------------------
+# Build (the cargo lock serialises builds on this shared machine)
+if [[ $SKIP_BUILD != 1 ]]; then
+  build=(cargo build --release --example bench-upstream)
+  has_target proxy && build+=(--bin ado-auth-proxy)
+  log "building: ${build[*]}"
+  (cd "$ROOT" && flock /tmp/cargo.lock "${build[@]}")
+fi
+if [[ $HOLD_CARGO_LOCK == 1 ]]; then
+  exec 9>>/tmp/cargo.lock
+  log "waiting for /tmp/cargo.lock (no builds while measuring; HOLD_CARGO_LOCK=0 to skip)"
+  timeout 1800 flock 9 || die "could not get /tmp/cargo.lock within 30 minutes"
+fi
+busy=$(ps -eo pcpu=,comm= | awk '$1 > 20 && $2 !~ /^(ps|awk)$/ { print $2 }' | sort -u | tr '\n' ' ')
+[[ -z $busy ]] || log "warning: busy processes may disturb the measurement: $busy"
+[[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN missing (build it or unset SKIP_BUILD)"
+if has_target proxy; then [[ -x $PROXY_BIN ]] || die "$PROXY_BIN missing"; fi
+
+# ---------------------------------------------------------------------------------------------
+# Processes and cleanup
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ado-bench.XXXXXX")
+PIDS=()
+cleanup() {
+  local rc=$?
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if [[ $KEEP_WORK == 1 || $rc -ne 0 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http URL SECONDS PID: until URL answers 200, the process died, or time is up
+wait_http() {
+  local url=$1 secs=$2 pid=$3 i
+  for ((i = 0; i < secs * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+ports=("$UP_PORT")
+has_target nginx && ports+=("$NGINX_PORT")
+has_target proxy && ports+=("$PROXY_PORT" "$PROXY_ADMIN_PORT")
+for p in "${ports[@]}"; do port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"; done
+
+log "work directory: $WORK"
+"$UPSTREAM_BIN" "$UP_PORT" >"$WORK/upstream.log" 2>&1 9>&- &
+UP_PID=$!
+PIDS+=("$UP_PID")
+wait_http "http://127.0.0.1:$UP_PORT/small" 10 "$UP_PID" || die "upstream did not start: $(cat "$WORK/upstream.log")"
+curl -s --max-time 5 "http://127.0.0.1:$UP_PORT/small" >"$WORK/small.direct"
+
+# The same token the proxy will get from the fake Entra ID, for nginx's Authorization header.
+TOKEN=$(curl -s --max-time 5 -X POST -d grant_type=client_credentials \
+  "http://127.0.0.1:$UP_PORT/$TENANT/oauth2/v2.0/token" |
+  sed -n 's/.*"access_token":"\([A-Za-z0-9._-]*\)".*/\1/p')
+[[ ${#TOKEN} -gt 1000 ]] || die "no token from the upstream's token endpoint"
+
+declare -A URL
+URL[direct]="http://127.0.0.1:$UP_PORT"
+
+if has_target nginx; then
+  N=$WORK/nginx
+  mkdir -p "$N"/{client_body,proxy,fastcgi,uwsgi,scgi}
+  cat >"$N/nginx.conf" <<EOF
+worker_processes $NGINX_WORKERS;
+daemon off;
+master_process on;
+pid $N/nginx.pid;
+error_log $N/error.log warn;
+worker_rlimit_nofile 65536;
+events { worker_connections 8192; }
+http {
+  access_log $N/access.log;
+  client_body_temp_path $N/client_body;
+  proxy_temp_path $N/proxy;
+  fastcgi_temp_path $N/fastcgi;
+  uwsgi_temp_path $N/uwsgi;
+  scgi_temp_path $N/scgi;
+  client_max_body_size 0;
+  keepalive_timeout 75s;
+  keepalive_requests 100000000;
+  upstream ado {
+    server 127.0.0.1:$UP_PORT;
+    keepalive 256;
+    keepalive_requests 100000000;
+  }
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://ado;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host 127.0.0.1:$UP_PORT;
+      proxy_set_header Authorization "Bearer $TOKEN";
+      proxy_set_header Cookie "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+      # 64 KiB I/O buffers, as the upstream's chunks; nginx's 4/8 KiB defaults stream 2-3x slower.
+      proxy_buffer_size $NGINX_BUFFER;
+      proxy_buffers 8 $NGINX_BUFFER;
+      proxy_busy_buffers_size $((2 * ${NGINX_BUFFER%k}))k;
+      client_body_buffer_size $NGINX_BUFFER;
+      proxy_read_timeout 300s;
+      proxy_send_timeout 300s;
+    }
+  }
+}
+EOF
+  "$NGINX" -p "$N" -c "$N/nginx.conf" -t >"$N/test.log" 2>&1 || die "nginx config: $(cat "$N/test.log")"
+  "$NGINX" -p "$N" -c "$N/nginx.conf" >"$N/stdout.log" 2>&1 9>&- &
+  NGINX_PID=$!
+  PIDS+=("$NGINX_PID")
+  wait_http "http://127.0.0.1:$NGINX_PORT/small" 10 "$NGINX_PID" || die "nginx did not start: $(cat "$N/error.log")"
+  URL[nginx]="http://127.0.0.1:$NGINX_PORT"
+fi
+
+if has_target proxy; then
+  P=$WORK/proxy
+  mkdir -p "$P"
+  cat >"$P/config.toml" <<EOF
+[listen]
+address = "127.0.0.1:$PROXY_PORT"
+
+[admin]
+address = "127.0.0.1:$PROXY_ADMIN_PORT"
+
+[upstream]
+url = "http://127.0.0.1:$UP_PORT"
+
+[identities.default]
+tenant_id = "$TENANT"
+client_id = "$CLIENT"
+authority = "http://127.0.0.1:$UP_PORT"
+
+# Sidecar mode: no client keys (loopback listener), like nginx, which authenticates no one.
+[inbound]
+mode = "open"
+EOF
+  # Builds from before client keys existed have no [inbound] section (unknown keys are errors).
+  if ! out=$(AZURE_CLIENT_SECRET=bench-not-a-secret timeout 30 "$PROXY_BIN" --config "$P/config.toml" check 2>&1 9>&-) &&
+    grep -q 'inbound' <<<"$out"; then
+    log "note: this proxy build has no [inbound] setting; running without it"
+    sed -i '/^# Sidecar mode/,$d' "$P/config.toml"
+  fi
+  AZURE_CLIENT_SECRET=bench-not-a-secret RUST_LOG=$PROXY_RUST_LOG \
+    "$PROXY_BIN" --config "$P/config.toml" run >"$P/stdout.log" 2>"$P/stderr.log" 9>&- &
+  PROXY_PID=$!
+  PIDS+=("$PROXY_PID")
+  wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 30 "$PROXY_PID" ||
+    die "proxy not ready: $(tail -n 20 "$P/stderr.log")"
+  URL[proxy]="http://127.0.0.1:$PROXY_PORT"
+fi
+
+# Every target must answer /small like the upstream does (a proxy answering 401 would look fast).
+for t in $TARGETS; do
+  code=$(curl -s -o "$WORK/small.$t" -w '%{http_code}' --max-time 5 "${URL[$t]}/small" || true)
+  [[ $code == 200 ]] || die "$t: GET /small answered $code: $(head -c 300 "$WORK/small.$t")"
+  cmp -s "$WORK/small.direct" "$WORK/small.$t" ||
+    log "note: $t's /small body differs from the upstream's ($(wc -c <"$WORK/small.$t") vs $(wc -c <"$WORK/small.direct") bytes)"
+done
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+CLK_TCK=$(getconf CLK_TCK)
+RES=$WORK/results.tsv
+: >"$RES"
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; } # target metric round value
+
+# pids of the system under test (nginx: master and its workers)
+sut_pids() {
+  case $1 in
+    nginx) echo "$NGINX_PID" "$(pgrep -P "$NGINX_PID" | tr '\n' ' ' || true)" ;;
+    proxy) echo "$PROXY_PID" ;;
+    direct) echo "$UP_PID" ;;
+  esac
+}
+# processes whose memory is reported (nginx: workers; the master only forks them)
+mem_pids() {
+  case $1 in
+    nginx) pgrep -P "$NGINX_PID" || true ;;
+    *) sut_pids "$1" ;;
+  esac
+}
+cpu_ticks() { # utime + stime, summed
+  local total=0 pid s
+  for pid in "$@"; do
+    s=$(<"/proc/$pid/stat") || continue
+    s=${s##*) }
+    read -r -a f <<<"$s"
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
+reset_peak_rss() { # VmHWM := VmRSS (Linux >= 4.0)
+  local pid ok=0
+  for pid in "$@"; do echo 5 2>/dev/null >"/proc/$pid/clear_refs" && ok=1; done
+  ((ok)) || log "warning: could not reset VmHWM; peak RSS is the lifetime peak"
+}
+peak_rss_mib() { # sum of VmHWM
+  local pid kb=0 v
+  for pid in "$@"; do
+    v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+    kb=$((kb + ${v:-0}))
+  done
+  awk -v kb="$kb" 'BEGIN { printf "%.1f", kb / 1024 }'
+}
+
+cat >"$WORK/report.lua" <<'EOF'
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+EOF
+
+run_small() { # target connections round
+  local t=$1 c=$2 r=$3 sut mem before after out line
+  read -r -a sut <<<"$(sut_pids "$t")"
+  read -r -a mem <<<"$(mem_pids "$t")"
+  reset_peak_rss "${mem[@]}"
+  before=$(cpu_ticks "${sut[@]}")
+  out=$(timeout $((DURATION_S + 30)) wrk -t"$WRK_THREADS" -c"$c" -d"$DURATION" --timeout 10s \
+    -s "$WORK/report.lua" "${URL[$t]}/small" 2>&1) || die "wrk failed against $t: $out"
+  after=$(cpu_ticks "${sut[@]}")
+  line=$(grep '^RESULT ' <<<"$out") || die "no wrk result: $out"
+  read -r _ reqs dur_us errs p50 p99 <<<"$line"
+  ((errs == 0)) || log "warning: $t c=$c: $errs errors (socket errors or non-2xx/3xx)"
+  record "$t" "rps_c$c" "$r" "$(awk -v n="$reqs" -v d="$dur_us" 'BEGIN { printf "%.0f", n / (d / 1e6) }')"
+  record "$t" "p50_c$c" "$r" "$(awk -v v="$p50" 'BEGIN { printf "%.3f", v / 1000 }')"
+  record "$t" "p99_c$c" "$r" "$(awk -v v="$p99" 'BEGIN { printf "%.3f", v / 1000 }')"
+  record "$t" "cpu_c$c" "$r" "$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" \
+    'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
+  record "$t" "err_c$c" "$r" "$errs"
+  record "$t" "rss_c$c" "$r" "$(peak_rss_mib "${mem[@]}")"
+  log "$t c=$c round $r: $(awk -v n="$reqs" -v d="$dur_us" 'BEGIN { printf "%.0f", n / (d / 1e6) }') req/s, p50 ${p50}us p99 ${p99}us, $errs errors"
+}
+
+value_of() { awk -F'\t' -v t="$1" -v m="$2" -v r="$3" '$1 == t && $2 == m && $3 == r { print $4 }' "$RES"; }
+
+run_stream() { # target round
+  local t=$1 r=$2 mem out speed size code
+  read -r -a mem <<<"$(mem_pids "$t")"
+  reset_peak_rss "${mem[@]}"
+  out=$(curl -s -o /dev/null --max-time 600 -w '%{speed_download} %{size_download} %{http_code}' \
+    "${URL[$t]}/download?bytes=$STREAM_BYTES") || die "$t: download failed ($out)"
+  read -r speed size code <<<"$out"
+  [[ $code == 200 && $size == "$STREAM_BYTES" ]] || die "$t: download got $code, $size bytes"
+  record "$t" dl "$r" "$(awk -v s="$speed" 'BEGIN { printf "%.0f", s / 1048576 }')"
+  out=$(head -c "$STREAM_BYTES" /dev/zero |
+    curl -s -T - -H 'Transfer-Encoding: chunked' -H 'Expect:' --max-time 600 \
+      -o "$WORK/upload.out" -w '%{speed_upload} %{http_code}' "${URL[$t]}/upload") ||
+    die "$t: upload failed ($out)"
+  read -r speed code <<<"$out"
+  [[ $code == 200 && $(tr -d '\n' <"$WORK/upload.out") == "$STREAM_BYTES" ]] ||
+    die "$t: upload got $code, upstream counted $(cat "$WORK/upload.out")"
+  record "$t" ul "$r" "$(awk -v s="$speed" 'BEGIN { printf "%.0f", s / 1048576 }')"
+  record "$t" rss_stream "$r" "$(peak_rss_mib "${mem[@]}")"
+  log "$t streaming round $r: download $(value_of "$t" dl "$r") MiB/s, upload $(value_of "$t" ul "$r") MiB/s, peak RSS $(peak_rss_mib "${mem[@]}") MiB"
+}
+
+read -r -a targets <<<"$TARGETS"
+n=${#targets[@]}
+
+log "warm-up"
+for t in "${targets[@]}"; do
+  timeout 30 wrk -t"$WRK_THREADS" -c128 -d2s "${URL[$t]}/small" >/dev/null 2>&1 || die "warm-up of $t failed"
+  curl -s -o /dev/null --max-time 60 "${URL[$t]}/download?bytes=67108864"
+done
+
+for ((r = 1; r <= ROUNDS; r++)); do
+  for ((i = 0; i < n; i++)); do
+    t=${targets[$(((i + r - 1) % n))]}
+    for c in $CONNECTIONS; do run_small "$t" "$c" "$r"; sleep 1; done
+    run_stream "$t" "$r"
+    sleep 1
+  done
+done
+
+# ---------------------------------------------------------------------------------------------
+# Report: medians across rounds
+median() { # target metric
+  awk -F'\t' -v t="$1" -v m="$2" '$1 == t && $2 == m { print $4 }' "$RES" | sort -g |
+    awk '{ v[NR] = $1 } END {
+      if (NR == 0) { print "-"; exit }
+      m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+      if (m == int(m)) printf "%d\n", m
+      else if (m >= 100) printf "%.0f\n", m
+      else if (m >= 10) printf "%.1f\n", m
+      else if (m >= 1) printf "%.2f\n", m
+      else printf "%.3f\n", m }'
+}
+
+cpu_model=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+proxy_version=$("$PROXY_BIN" --version 2>/dev/null | head -n 1 || true)
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
+{
+  echo "## ado-auth-proxy vs nginx vs direct ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo
+  echo "- machine: $NCPU CPUs ($cpu_model), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
+  echo "- ado-auth-proxy: ${proxy_version:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)}, commit $commit${dirty:+ + local changes}, $(rustc --version 2>/dev/null || echo rustc ?), release profile"
+  echo "- $("$NGINX" -v 2>&1 | head -n 1), $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2 || true), $(curl --version | head -n 1 | cut -d' ' -f1-2)"
+  echo "- settings: TARGETS=\"$TARGETS\" ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=\"$CONNECTIONS\" WRK_THREADS=$WRK_THREADS STREAM_BYTES=$STREAM_BYTES NGINX_WORKERS=$NGINX_WORKERS NGINX_BUFFER=$NGINX_BUFFER BENCH_UPSTREAM_THREADS=$BENCH_UPSTREAM_THREADS (proxy: default runtime, $NCPU worker threads, RUST_LOG=$PROXY_RUST_LOG)"
+  echo "- median of $ROUNDS rounds; target order rotated per round; \`GET /small\` answers $(wc -c <"$WORK/small.direct") bytes of JSON; CPU is user+system time of the server under test (direct: the upstream itself) per request; RSS is the peak (VmHWM, reset before each run) of the proxy process / the sum over nginx workers"
+  logs=""
+  has_target nginx && logs+=" nginx access.log $(wc -l <"$WORK/nginx/access.log") lines;"
+  has_target proxy && logs+=" proxy stderr $(wc -l <"$WORK/proxy/stderr.log") lines;"
+  [[ -z $logs ]] || echo "- per-request logging (sanity check):${logs%;}"
+  echo
+  header="| metric |"
+  sep="|---|"
+  for t in "${targets[@]}"; do header+=" $t |"; sep+="---:|"; done
+  if has_target nginx && has_target proxy; then header+=" proxy / nginx |"; sep+="---:|"; fi
+  echo "$header"
+  echo "$sep"
+  rows=()
+  for c in $CONNECTIONS; do
+    rows+=("rps_c$c|small GET, $c conns: req/s" "p50_c$c|small GET, $c conns: p50 ms" "p99_c$c|small GET, $c conns: p99 ms"
+      "cpu_c$c|small GET, $c conns: CPU µs/req" "rss_c$c|small GET, $c conns: peak RSS MiB" "err_c$c|small GET, $c conns: errors")
+  done
+  rows+=("dl|download $((STREAM_BYTES / 1048576)) MiB: MiB/s" "ul|upload $((STREAM_BYTES / 1048576)) MiB (chunked): MiB/s"
+    "rss_stream|streaming: peak RSS MiB")
+  for row in "${rows[@]}"; do
+    m=${row%%|*}
+    line="| ${row#*|} |"
+    for t in "${targets[@]}"; do line+=" $(median "$t" "$m") |"; done
+    if has_target nginx && has_target proxy; then
+      line+=" $(awk -v a="$(median proxy "$m")" -v b="$(median nginx "$m")" \
+        'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }') |"
+    fi
+    echo "$line"
+  done
+} >"$WORK/table.md"
+
+cat "$WORK/table.md"
+cp "$WORK/table.md" "$RESULTS"
+log "written: $RESULTS"
