@@ -77,6 +77,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     app.run(async {
         let _ = tokio::signal::ctrl_c().await;
     })
-    .await;
+    .await?;
     Ok(())
 }

@@ -53,6 +53,8 @@ pub struct Listen {
     pub max_header_bytes: usize,
     pub max_connections: usize,
     pub shutdown_grace_period: Duration,
+    /// Threads serving the proxy listener, each with its own runtime and upstream pool.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -121,6 +123,8 @@ struct RawListen {
     max_header_bytes: usize,
     max_connections: usize,
     shutdown_grace_period: DurationValue,
+    /// 0: one per available CPU.
+    workers: usize,
 }
 
 impl Default for RawListen {
@@ -131,6 +135,7 @@ impl Default for RawListen {
             max_header_bytes: 64 * 1024,
             max_connections: 4096,
             shutdown_grace_period: DurationValue(Duration::from_secs(25)),
+            workers: 0,
         }
     }
 }
@@ -332,6 +337,10 @@ impl Validator<'_> {
             max_header_bytes: raw.max_header_bytes,
             max_connections: raw.max_connections,
             shutdown_grace_period: raw.shutdown_grace_period.0,
+            workers: match raw.workers {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
+            },
         })
     }
 

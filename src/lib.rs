@@ -9,6 +9,7 @@
 //! DevOps, [`body`] streams and records the exchange; [`proxy`] runs them in order.
 
 pub mod admin;
+pub mod allow;
 pub mod body;
 pub mod config;
 pub mod error;
@@ -49,6 +50,8 @@ pub enum StartError {
     },
     #[error("cannot build the Entra ID client: {0}")]
     HttpClient(String),
+    #[error("cannot start proxy worker threads: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A built proxy: listeners bound, token refreshers running. [`App::run`] serves until shutdown.
@@ -56,7 +59,9 @@ pub struct App {
     config: Config,
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
-    proxy: Arc<proxy::Proxy>,
+    tls: rustls::ClientConfig,
+    default_token: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
     admin: Arc<admin::Admin>,
     _refreshers: Refreshers,
 }
@@ -99,14 +104,14 @@ impl App {
             .cloned()
             .unwrap_or_else(|| Arc::new(TokenCache::new(DEFAULT_IDENTITY)));
 
-        let upstream = forward::Upstream::new(&config.upstream, tls);
-        let proxy = Arc::new(proxy::Proxy::new(upstream, default_token, metrics.clone()));
-        let admin = Arc::new(admin::Admin::new(metrics, caches));
+        let admin = Arc::new(admin::Admin::new(metrics.clone(), caches));
         Ok(App {
             config,
             proxy_listener,
             admin_listener,
-            proxy,
+            tls,
+            default_token,
+            metrics,
             admin,
             _refreshers: Refreshers(refreshers),
         })
@@ -125,26 +130,50 @@ impl App {
     }
 
     /// Serves until `shutdown` completes, then drains open exchanges for the grace period.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) {
+    ///
+    /// The proxy listener is served by `listen.workers` threads, each with its own single-threaded
+    /// runtime and upstream connection pool: a client connection and the upstream connection it
+    /// uses then live on one thread, with no cross-thread wake-ups per request (the way nginx
+    /// and Pingora scale). Token refreshers and the admin listener stay on the caller's runtime.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let listen = &self.config.listen;
-        let proxy = self.proxy.clone();
-        let proxy_server = server::serve(
-            self.proxy_listener,
-            server::ServeOptions {
-                header_read_timeout: listen.header_read_timeout,
-                max_header_bytes: listen.max_header_bytes,
-                max_connections: listen.max_connections,
-                shutdown_grace_period: listen.shutdown_grace_period,
-            },
-            move |request| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(request).await }
-            },
-            stop_rx.clone(),
-        );
+        let listener = self
+            .proxy_listener
+            .into_std()
+            .map_err(StartError::Workers)?;
+        let request_ids = Arc::new(body::RequestIds::new());
+        let mut workers = Vec::with_capacity(listen.workers);
+        for index in 0..listen.workers {
+            let worker = Worker {
+                listener: listener.try_clone().map_err(StartError::Workers)?,
+                options: server::ServeOptions {
+                    header_read_timeout: listen.header_read_timeout,
+                    max_header_bytes: listen.max_header_bytes,
+                    max_connections: listen.max_connections.div_ceil(listen.workers),
+                    shutdown_grace_period: listen.shutdown_grace_period,
+                },
+                upstream: self.config.upstream.clone(),
+                tls: self.tls.clone(),
+                token: self.default_token.clone(),
+                metrics: self.metrics.clone(),
+                request_ids: request_ids.clone(),
+                stop: stop_rx.clone(),
+            };
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{index}"))
+                .spawn(move || {
+                    worker.run();
+                    let _ = done_tx.send(());
+                })
+                .map_err(StartError::Workers)?;
+            workers.push(done_rx);
+        }
+        drop(listener);
+
         let admin = self.admin.clone();
-        let admin_server = server::serve(
+        let admin_task = tokio::spawn(server::serve(
             self.admin_listener,
             server::ServeOptions {
                 header_read_timeout: Duration::from_secs(10),
@@ -157,14 +186,64 @@ impl App {
                 async move { response }
             },
             stop_rx,
-        );
-        let proxy_task = tokio::spawn(proxy_server);
-        let admin_task = tokio::spawn(admin_server);
+        ));
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining open requests");
         let _ = stop_tx.send(true);
-        let _ = proxy_task.await;
+        for done in workers {
+            let _ = done.await;
+        }
         let _ = admin_task.await;
+        Ok(())
+    }
+}
+
+/// One proxy worker thread's share of the work.
+struct Worker {
+    listener: std::net::TcpListener,
+    options: server::ServeOptions,
+    upstream: config::Upstream,
+    tls: rustls::ClientConfig,
+    token: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+    request_ids: Arc<body::RequestIds>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self) {
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(%error, "cannot start a proxy worker runtime");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let listener = match TcpListener::from_std(self.listener) {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::error!(%error, "cannot register the listener in a worker");
+                    return;
+                }
+            };
+            let upstream = forward::Upstream::new(&self.upstream, self.tls);
+            let proxy = Arc::new(proxy::Proxy::new(
+                upstream,
+                self.token,
+                self.metrics,
+                self.request_ids,
+            ));
+            let handler = move |request| {
+                let proxy = proxy.clone();
+                async move { proxy.handle(request).await }
+            };
+            server::serve(listener, self.options, handler, self.stop).await;
+        });
+        // Dropping the runtime cancels whatever outlived the grace period.
     }
 }
 

@@ -1,6 +1,7 @@
 //! The command line: load and validate configuration before binding anything, set up logging,
 //! then run the proxy, check the identities, or probe readiness for a container HEALTHCHECK.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -78,6 +79,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -99,7 +101,10 @@ async fn run(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "ado-auth-proxy listening"
     );
-    app.run(shutdown_signal()).await;
+    if let Err(error) = app.run(shutdown_signal()).await {
+        tracing::error!("{error}");
+        return ExitCode::FAILURE;
+    }
     tracing::info!("stopped");
     ExitCode::SUCCESS
 }

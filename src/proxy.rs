@@ -24,16 +24,21 @@ pub struct Proxy {
     upstream: Upstream,
     token: Arc<TokenCache>,
     metrics: Arc<Metrics>,
-    request_ids: RequestIds,
+    request_ids: Arc<RequestIds>,
 }
 
 impl Proxy {
-    pub fn new(upstream: Upstream, token: Arc<TokenCache>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        upstream: Upstream,
+        token: Arc<TokenCache>,
+        metrics: Arc<Metrics>,
+        request_ids: Arc<RequestIds>,
+    ) -> Self {
         Self {
             upstream,
             token,
             metrics,
-            request_ids: RequestIds::new(),
+            request_ids,
         }
     }
 

@@ -23,7 +23,7 @@ pub struct Stack {
     pub admin: SocketAddr,
     _git_root: TempDir,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+    task: Option<JoinHandle<Result<(), ado_auth_proxy::StartError>>>,
 }
 
 #[derive(Default)]
@@ -153,7 +153,8 @@ impl Stack {
             tokio::time::timeout(Duration::from_secs(30), task)
                 .await
                 .expect("proxy drains within 30 s")
-                .expect("proxy task does not panic");
+                .expect("proxy task does not panic")
+                .expect("proxy runs");
         }
     }
 }
