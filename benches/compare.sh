@@ -27,11 +27,14 @@
 # Fairness (2-core machine; load generator, system under test and upstream share it):
 # - upstream: one tokio worker thread, the same for every target, so each target competes with
 #   the same upstream;
-# - ado-auth-proxy: its default runtime (a tokio worker per core = 2); nginx: `worker_processes`
+# - ado-auth-proxy: its default of one worker thread per core (= 2), each with its own runtime
+#   and upstream pool; nginx: `worker_processes`
 #   = nproc (what `auto` gives) = 2. Both may use both cores;
 # - wrk: ONE thread. One wrk thread drives ~65k small requests/s against the bare upstream
 #   here, more than either proxy reaches, and a second thread would only take CPU from the
 #   system under test (measured here: -t2 was no faster than -t1 even against the bare upstream);
+# - both proxies batch their per-request lines in 64 KiB and flush at least every 100 ms (nginx
+#   `access_log ... buffer=64k flush=100ms`, the proxy's own log writer);
 # - both proxies log one access/audit line per request to a file (nginx `access_log`, the
 #   proxy's stderr redirected), keep upstream connections alive (nginx `keepalive` pool),
 #   stream both ways (`proxy_buffering off`, `proxy_request_buffering off`, 64 KiB buffers
@@ -184,7 +187,7 @@ error_log $N/error.log warn;
 worker_rlimit_nofile 65536;
 events { worker_connections 8192; }
 http {
-  access_log $N/access.log;
+  access_log $N/access.log combined buffer=64k flush=100ms;
   client_body_temp_path $N/client_body;
   proxy_temp_path $N/proxy;
   fastcgi_temp_path $N/fastcgi;

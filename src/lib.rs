@@ -15,6 +15,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
 pub mod secret;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ado_auth_proxy::config::Config;
+use ado_auth_proxy::log_writer::{BatchedStderr, FlushGuard};
 use ado_auth_proxy::token::TokenSource;
 use ado_auth_proxy::{App, entra_client, tls};
 use base64::Engine as _;
@@ -47,7 +48,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Flushes buffered log lines when main returns.
+    let _log_flush = init_logging(cli.log_format);
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -74,17 +76,21 @@ fn main() -> ExitCode {
     })
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs go to stderr in batches (see `log_writer`): one audit line per request must not cost a
+/// system call per request.
+fn init_logging(format: LogFormat) -> FlushGuard {
+    let (writer, guard) = BatchedStderr::start();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 async fn run(config: Config) -> ExitCode {
