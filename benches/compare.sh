@@ -252,6 +252,7 @@ authority = "http://127.0.0.1:$UP_PORT"
 # Sidecar mode: no client keys (loopback listener), like nginx, which authenticates no one.
 [inbound]
 mode = "open"
+allow = [{ methods = ["*"], path = "/**" }]
 EOF
   # Builds from before client keys existed have no [inbound] section (unknown keys are errors).
   if ! out=$(AZURE_CLIENT_SECRET=bench-not-a-secret timeout 30 "$PROXY_BIN" --config "$P/config.toml" check 2>&1 9>&-) &&

@@ -48,6 +48,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         client_id = "{client}"
         authority = "{authority}"
         credential = {{ kind = "client_secret", secret = "{secret}" }}
+        [inbound]
+        mode = "open"
+        allow = [{{ methods = ["*"], path = "/**" }}]
         "#,
         upstream = devops.url(),
         tenant = cfg.tenant_id,

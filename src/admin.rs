@@ -15,11 +15,21 @@ use crate::token::TokenCache;
 pub struct Admin {
     metrics: Arc<Metrics>,
     tokens: Vec<Arc<TokenCache>>,
+    /// A standing configuration warning shown in `/readyz` (open mode beyond loopback).
+    warning: Option<String>,
 }
 
 impl Admin {
-    pub fn new(metrics: Arc<Metrics>, tokens: Vec<Arc<TokenCache>>) -> Self {
-        Self { metrics, tokens }
+    pub fn new(
+        metrics: Arc<Metrics>,
+        tokens: Vec<Arc<TokenCache>>,
+        warning: Option<String>,
+    ) -> Self {
+        Self {
+            metrics,
+            tokens,
+            warning,
+        }
     }
 
     pub fn handle<B>(&self, request: &Request<B>) -> Response<Full<Bytes>> {
@@ -74,6 +84,7 @@ impl Admin {
             "ready": ready,
             "reason": if ready { "every identity holds a valid token" } else { "waiting for a valid Entra ID token; see last_error" },
             "identities": identities,
+            "warning": self.warning,
         });
         respond(
             if ready {

@@ -392,10 +392,15 @@ impl Allowlist {
         }
     }
 
-    pub fn find(&self, method: &Method, segments: &[&str]) -> Option<&Rule> {
+    /// The index of the first rule that admits the request.
+    pub fn find(&self, method: &Method, segments: &[&str]) -> Option<usize> {
         self.rules
             .iter()
-            .find(|rule| rule.methods.admits(method) && rule.pattern.matches(segments))
+            .position(|rule| rule.methods.admits(method) && rule.pattern.matches(segments))
+    }
+
+    pub fn rule(&self, index: usize) -> Option<&Rule> {
+        self.rules.get(index)
     }
 
     /// Judges a request: a git push preflight as the push it announces, anything else as itself.
@@ -404,7 +409,7 @@ impl Allowlist {
         method: &Method,
         path: &Segments<'_>,
         query: Option<&str>,
-    ) -> Option<&Rule> {
+    ) -> Option<usize> {
         match path.git_push_preflight(method, query) {
             Some(push) => self.find(&Method::POST, push.as_slice()),
             None => self.find(method, path.as_slice()),

@@ -17,7 +17,8 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::metrics::{Metrics, UpstreamFailure};
+use crate::auth::Client;
+use crate::metrics::{Metrics, NO_CLIENT, UpstreamFailure};
 
 /// Request ids: a random per-process prefix and a counter, so ids from replicas do not collide.
 pub struct RequestIds {
@@ -136,6 +137,8 @@ pub struct Exchange {
     status: Option<u16>,
     upstream_time: Option<Duration>,
     outcome: Outcome,
+    client: Option<Arc<Client>>,
+    rule: Option<usize>,
 }
 
 impl Exchange {
@@ -152,7 +155,17 @@ impl Exchange {
             status: None,
             upstream_time: None,
             outcome: Outcome::ClientGone,
+            client: None,
+            rule: None,
         }
+    }
+
+    pub fn set_client(&mut self, client: Arc<Client>) {
+        self.client = Some(client);
+    }
+
+    pub fn set_rule(&mut self, index: usize) {
+        self.rule = Some(index);
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -171,18 +184,29 @@ impl Drop for Exchange {
         let elapsed = self.started.elapsed();
         // 499 (nginx's "client closed request") when no response was ever produced.
         let status = self.status.unwrap_or(499);
-        metrics.count_request(&self.method, status);
+        let client = self.client.as_deref();
+        client
+            .map_or(&metrics.anonymous, |c| &c.metrics)
+            .count_request(&self.method, status);
         metrics.request_duration.observe(elapsed.as_secs_f64());
+        let rule = client
+            .zip(self.rule)
+            .and_then(|(client, index)| client.allow.rule(index))
+            .map(|rule| rule.description());
         tracing::info!(
             target: "audit",
             request_id = %self.request_id,
+            client = client.map_or(NO_CLIENT, |c| &*c.name),
+            rule,
             method = %self.method,
             path = self.uri.path(),
             status,
             request_bytes = self.received.load(Ordering::Relaxed),
             response_bytes = self.sent,
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = self.upstream_time.map(|t| t.as_secs_f64() * 1000.0),
+            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            upstream_us = self
+                .upstream_time
+                .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
             outcome = self.outcome.as_str(),
         );
     }

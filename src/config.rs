@@ -17,6 +17,8 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
+use crate::allow::{Allowlist, Rule};
+use crate::keys;
 use crate::secret::Secret;
 
 /// Azure DevOps' application id; `.default` asks for the permissions granted to the principal.
@@ -44,6 +46,33 @@ pub struct Config {
     pub admin: Admin,
     pub upstream: Upstream,
     pub identities: Vec<Identity>,
+    pub inbound: Inbound,
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    pub mode: InboundMode,
+    /// Extra `Host` values open mode accepts besides the listener's own address.
+    pub allowed_hosts: Vec<String>,
+    /// Open mode on a non-loopback address, explicitly allowed: warn loudly.
+    pub open_beyond_loopback: bool,
+}
+
+#[derive(Debug, Clone)]
+pub enum InboundMode {
+    /// Every request must carry a configured client key.
+    Keys,
+    /// No key: local callers act as the default identity within `allow`.
+    Open { allow: Allowlist },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub name: String,
+    pub key_sha256: [u8; 32],
+    pub identity: String,
+    pub allow: Allowlist,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +142,43 @@ struct RawConfig {
     admin: RawAdmin,
     upstream: RawUpstream,
     identities: BTreeMap<String, RawIdentity>,
+    inbound: RawInbound,
+    clients: Vec<RawClient>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawInbound {
+    mode: RawMode,
+    allow_open_on_non_loopback: bool,
+    allowed_hosts: Vec<String>,
+    allow: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawMode {
+    #[default]
+    Keys,
+    Open,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    key_sha256: String,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    allow: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    methods: Vec<String>,
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -298,6 +364,22 @@ impl Validator<'_> {
         }
         let upstream = self.upstream(raw.upstream)?;
         let identities = self.identities(raw.identities)?;
+        let inbound = self.inbound(raw.inbound)?;
+        if !listen.address.ip().is_loopback()
+            && matches!(inbound.mode, InboundMode::Open { .. })
+            && !inbound.open_beyond_loopback
+        {
+            return Err(self.error(
+                "listen.address",
+                format!(
+                    "{} is not a loopback address, and inbound.mode = \"open\" lets anyone who reaches \
+                     it act as the service principal; use mode = \"keys\", a loopback address, or set \
+                     inbound.allow_open_on_non_loopback = true if the network is yours alone",
+                    listen.address
+                ),
+            ));
+        }
+        let clients = self.clients(raw.clients, &identities)?;
         Ok(Config {
             listen,
             admin: Admin {
@@ -305,20 +387,123 @@ impl Validator<'_> {
             },
             upstream,
             identities,
+            inbound,
+            clients,
         })
+    }
+
+    fn rules(&self, key: &str, raw: Vec<RawRule>) -> Result<Allowlist, ConfigError> {
+        let mut rules = Vec::with_capacity(raw.len());
+        for (index, rule) in raw.into_iter().enumerate() {
+            rules.push(
+                Rule::compile(&rule.methods, &rule.path)
+                    .map_err(|e| self.error(&format!("{key}[{index}]"), e.to_string()))?,
+            );
+        }
+        Ok(Allowlist::new(rules))
+    }
+
+    fn inbound(&self, raw: RawInbound) -> Result<Inbound, ConfigError> {
+        let mode = match raw.mode {
+            RawMode::Keys => {
+                if !raw.allow.is_empty() {
+                    return Err(self.error(
+                        "inbound.allow",
+                        "applies to open mode only; in keys mode each client has its own allow list",
+                    ));
+                }
+                InboundMode::Keys
+            }
+            RawMode::Open => {
+                if raw.allow.is_empty() {
+                    return Err(self.error(
+                        "inbound.allow",
+                        "open mode needs its rules (deny by default); to allow every call write \
+                         allow = [{ methods = [\"*\"], path = \"/**\" }]",
+                    ));
+                }
+                InboundMode::Open {
+                    allow: self.rules("inbound.allow", raw.allow)?,
+                }
+            }
+        };
+        let mut allowed_hosts = Vec::with_capacity(raw.allowed_hosts.len());
+        for host in raw.allowed_hosts {
+            if host.is_empty() || HeaderValue::from_str(&host).is_err() || host.contains([' ', '/'])
+            {
+                return Err(self.error(
+                    "inbound.allowed_hosts",
+                    format!("`{host}` is not a host[:port] as a Host header carries it"),
+                ));
+            }
+            allowed_hosts.push(host.to_ascii_lowercase());
+        }
+        Ok(Inbound {
+            mode,
+            allowed_hosts,
+            open_beyond_loopback: raw.allow_open_on_non_loopback,
+        })
+    }
+
+    fn clients(
+        &self,
+        raw: Vec<RawClient>,
+        identities: &[Identity],
+    ) -> Result<Vec<ClientConfig>, ConfigError> {
+        let mut clients: Vec<ClientConfig> = Vec::with_capacity(raw.len());
+        for (index, client) in raw.into_iter().enumerate() {
+            let key = |field: &str| format!("clients[{index}].{field}");
+            if !keys::valid_client_name(&client.name) {
+                return Err(self.error(
+                    &key("name"),
+                    "must be 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if clients.iter().any(|c| c.name == client.name) {
+                return Err(self.error(
+                    &key("name"),
+                    format!("`{}` is used by two clients", client.name),
+                ));
+            }
+            let hash = keys::parse_sha256_hex(&client.key_sha256).ok_or_else(|| {
+                self.error(
+                    &key("key_sha256"),
+                    "must be the 64 hex digits printed by `ado-auth-proxy keys new` (the key's SHA-256, never the key)",
+                )
+            })?;
+            if let Some(other) = clients.iter().find(|c| c.key_sha256 == hash) {
+                return Err(self.error(
+                    &key("key_sha256"),
+                    format!(
+                        "is the same key as client `{}`; every client needs its own key",
+                        other.name
+                    ),
+                ));
+            }
+            let identity = client
+                .identity
+                .unwrap_or_else(|| DEFAULT_IDENTITY.to_string());
+            if !identities.iter().any(|i| i.name == identity) {
+                return Err(self.error(
+                    &key("identity"),
+                    format!(
+                        "names identity `{identity}`, which is not configured under [identities]"
+                    ),
+                ));
+            }
+            let allow = self.rules(&key("allow"), client.allow)?;
+            clients.push(ClientConfig {
+                name: client.name,
+                key_sha256: hash,
+                identity,
+                allow,
+            });
+        }
+        Ok(clients)
     }
 
     fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
         let address = self.socket_address("listen.address", &raw.address)?;
-        if !address.ip().is_loopback() {
-            return Err(self.error(
-                "listen.address",
-                format!(
-                    "{address} is not a loopback address; until client keys exist the proxy serves \
-                     only this machine (use 127.0.0.1 or [::1], e.g. in a pod sidecar)"
-                ),
-            ));
-        }
         if raw.max_header_bytes < 8 * 1024 {
             return Err(self.error(
                 "listen.max_header_bytes",
@@ -660,11 +845,55 @@ mod tests {
         assert!(message.contains("upstream.url"), "{message}");
     }
 
+    const OPEN: &str =
+        "[inbound]\nmode = \"open\"\nallow = [{ methods = [\"*\"], path = \"/**\" }]\n";
+
     #[test]
-    fn non_loopback_listener_is_refused_until_client_keys_exist() {
-        let message = error_of(&format!("{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\""));
+    fn open_mode_stays_on_loopback_unless_explicitly_allowed() {
+        let message = error_of(&format!(
+            "{MINIMAL}\n{OPEN}[listen]\naddress = \"0.0.0.0:8080\""
+        ));
         assert!(
             message.contains("listen.address") && message.contains("loopback"),
+            "{message}"
+        );
+        let config = Config::from_toml(&format!(
+            "{MINIMAL}\n{OPEN}allow_open_on_non_loopback = true\n[listen]\naddress = \"0.0.0.0:8080\""
+        ))
+        .expect("explicitly allowed");
+        assert!(config.inbound.open_beyond_loopback);
+        let keys = Config::from_toml(&format!("{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\""));
+        assert!(keys.is_ok(), "keys mode may listen anywhere");
+    }
+
+    #[test]
+    fn open_mode_needs_rules_and_keys_mode_refuses_them() {
+        let message = error_of(&format!("{MINIMAL}\n[inbound]\nmode = \"open\""));
+        assert!(message.contains("inbound.allow"), "{message}");
+        let message = error_of(&format!(
+            "{MINIMAL}\n[inbound]\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]"
+        ));
+        assert!(message.contains("inbound.allow"), "{message}");
+    }
+
+    const CLIENT: &str = "[[clients]]\nname = \"ci-bot\"\nkey_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\nallow = [{ methods = [\"GET\"], path = \"/contoso/**\" }]\n";
+
+    #[test]
+    fn clients_are_checked_for_names_hashes_identities_and_rules() {
+        let config = Config::from_toml(&format!("{MINIMAL}\n{CLIENT}")).expect("valid");
+        assert_eq!(config.clients[0].identity, "default");
+        let twice = format!("{MINIMAL}\n{CLIENT}{}", CLIENT.replace("ci-bot", "other"));
+        assert!(error_of(&twice).contains("same key as client `ci-bot`"));
+        let same_name = format!("{MINIMAL}\n{CLIENT}{}", CLIENT.replace("9f86", "0f86"));
+        assert!(error_of(&same_name).contains("used by two clients"));
+        let bad_hash = format!("{MINIMAL}\n{}", CLIENT.replace("9f86d0", "zz"));
+        assert!(error_of(&bad_hash).contains("clients[0].key_sha256"));
+        let missing_identity = format!("{MINIMAL}\n{CLIENT}identity = \"nope\"\n");
+        assert!(error_of(&missing_identity).contains("clients[0].identity"));
+        let bad_rule = format!("{MINIMAL}\n{}", CLIENT.replace("/contoso/**", "contoso/**"));
+        let message = error_of(&bad_rule);
+        assert!(
+            message.contains("clients[0].allow[0]") && message.contains("must start with '/'"),
             "{message}"
         );
     }

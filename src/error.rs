@@ -2,11 +2,13 @@
 //! message a user can act on. Bodies are JSON with the request id; they never carry internals,
 //! credentials or upstream error text.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
+use crate::auth::Unauthenticated;
 use crate::metrics::{Refusal, UpstreamFailure};
 
 #[derive(Debug)]
@@ -14,6 +16,15 @@ pub enum Rejection {
     /// The request target or a header is unsafe to forward.
     BadRequest(&'static str),
     MethodNotAllowed(Method),
+    Unauthenticated(Unauthenticated),
+    /// No rule of this client admits the method and path.
+    Forbidden {
+        client: Arc<str>,
+        method: Method,
+        path: String,
+    },
+    BrowserRequest,
+    ForeignHost,
     TokenUnavailable {
         retry_after: Duration,
     },
@@ -27,6 +38,10 @@ impl Rejection {
         match self {
             Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Rejection::Forbidden { .. } | Rejection::BrowserRequest | Rejection::ForeignHost => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             // The client is gone; the status only shows in the audit line.
@@ -39,6 +54,8 @@ impl Rejection {
         match self.status() {
             StatusCode::BAD_REQUEST => "bad_request",
             StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::UNAUTHORIZED => "unauthenticated",
+            StatusCode::FORBIDDEN => "forbidden",
             StatusCode::SERVICE_UNAVAILABLE => "token_unavailable",
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
             _ => "bad_gateway",
@@ -51,6 +68,34 @@ impl Rejection {
             Rejection::MethodNotAllowed(method) => format!(
                 "{method} is not proxied: the proxy forwards ordinary requests to its configured Azure DevOps host only."
             ),
+            Rejection::Unauthenticated(Unauthenticated::Missing) => {
+                "A client key is required: send it as the password of Basic authentication (as a PAT) \
+                 or as `Authorization: Bearer <key>`."
+                    .into()
+            }
+            Rejection::Unauthenticated(_) => {
+                "The client key was not recognised. Use the key issued for this client by \
+                 `ado-auth-proxy keys new`; PATs are not accepted."
+                    .into()
+            }
+            Rejection::Forbidden {
+                client,
+                method,
+                path,
+            } => format!(
+                "No allowlist rule allows {method} {path} for client {client}. Ask the proxy's operator \
+                 to add a rule if this call is needed."
+            ),
+            Rejection::BrowserRequest => {
+                "Requests from web browsers are refused: this proxy is for tools such as git, curl \
+                 and the SDKs."
+                    .into()
+            }
+            Rejection::ForeignHost => {
+                "The Host header does not name this proxy; use the address it listens on (e.g. \
+                 127.0.0.1:8080) or one of inbound.allowed_hosts."
+                    .into()
+            }
             Rejection::TokenUnavailable { retry_after } => format!(
                 "The proxy holds no valid Entra ID token for its service principal (Entra ID unreachable or the \
                  credential is wrong; see the proxy's log and /readyz). Retry in {} s.",
@@ -87,6 +132,8 @@ impl Rejection {
             Rejection::BadRequest(_) => Some(Refusal::BadRequest),
             Rejection::MethodNotAllowed(_) => Some(Refusal::MethodNotAllowed),
             Rejection::TokenUnavailable { .. } => Some(Refusal::TokenUnavailable),
+            Rejection::BrowserRequest => Some(Refusal::Browser),
+            Rejection::ForeignHost => Some(Refusal::ForeignHost),
             _ => None,
         }
     }
@@ -111,6 +158,13 @@ impl Rejection {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs()),
+                );
+            }
+            Rejection::Unauthenticated(_) => {
+                // Makes git ask its credential helper, and curl and browsers prompt.
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"ado-auth-proxy\""),
                 );
             }
             Rejection::MethodNotAllowed(_) => {

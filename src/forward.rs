@@ -116,3 +116,27 @@ pub fn describe(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_request_never_chooses_the_host() {
+        let config = crate::config::Config::from_toml(
+            "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { kind = \"client_secret\", secret = \"s\" }",
+        )
+        .expect("config");
+        let tls = crate::tls::client_config(None).expect("tls");
+        let upstream = Upstream::new(&config.upstream, tls);
+        for target in ["//evil.example/x", "/a?b=//evil.example", "/@evil.example"] {
+            let uri = upstream
+                .target(Some(
+                    &PathAndQuery::from_maybe_shared(target).expect("target"),
+                ))
+                .expect("uri");
+            assert_eq!(uri.host(), Some("dev.azure.com"), "{target}");
+            assert_eq!(uri.path_and_query().map(|p| p.as_str()), Some(target));
+        }
+    }
+}

@@ -10,11 +10,14 @@
 
 pub mod admin;
 pub mod allow;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod error;
 pub mod forward;
 pub mod headers;
+pub mod keys;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod proxy;
@@ -33,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, DEFAULT_IDENTITY};
+use crate::config::{Config, DEFAULT_IDENTITY, InboundMode};
 use crate::metrics::Metrics;
 use crate::token::{TokenCache, TokenSource};
 
@@ -61,7 +64,7 @@ pub struct App {
     proxy_listener: TcpListener,
     admin_listener: TcpListener,
     tls: rustls::ClientConfig,
-    default_token: Arc<TokenCache>,
+    auth: Arc<auth::Authenticator>,
     metrics: Arc<Metrics>,
     admin: Arc<admin::Admin>,
     _refreshers: Refreshers,
@@ -99,19 +102,63 @@ impl App {
             )));
             caches.push(cache);
         }
-        let default_token = caches
-            .iter()
-            .find(|c| c.identity() == DEFAULT_IDENTITY)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(TokenCache::new(DEFAULT_IDENTITY)));
-
-        let admin = Arc::new(admin::Admin::new(metrics.clone(), caches));
+        let token_of = |identity: &str| {
+            caches
+                .iter()
+                .find(|c| c.identity() == identity)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(TokenCache::new(identity)))
+        };
+        let mode = match &config.inbound.mode {
+            InboundMode::Keys => auth::Mode::Keys {
+                clients: config
+                    .clients
+                    .iter()
+                    .map(|c| {
+                        Arc::new(auth::Client::new(
+                            &c.name,
+                            c.key_sha256,
+                            c.allow.clone(),
+                            token_of(&c.identity),
+                            metrics.client(&c.name),
+                        ))
+                    })
+                    .collect(),
+            },
+            InboundMode::Open { allow } => auth::Mode::Open {
+                client: Arc::new(auth::Client::new(
+                    OPEN_CLIENT,
+                    [0; 32],
+                    allow.clone(),
+                    token_of(DEFAULT_IDENTITY),
+                    metrics.client(OPEN_CLIENT),
+                )),
+                hosts: own_host_names(
+                    proxy_listener
+                        .local_addr()
+                        .map_err(|source| StartError::Bind {
+                            what: "listen.address",
+                            address: config.listen.address,
+                            source,
+                        })?,
+                    &config.inbound.allowed_hosts,
+                ),
+            },
+        };
+        let auth = Arc::new(auth::Authenticator::new(mode));
+        let warning = config.inbound.open_beyond_loopback.then(|| {
+            format!(
+                "open mode on non-loopback address {}: anyone who reaches it acts as the service principal",
+                config.listen.address
+            )
+        });
+        let admin = Arc::new(admin::Admin::new(metrics.clone(), caches, warning));
         Ok(App {
             config,
             proxy_listener,
             admin_listener,
             tls,
-            default_token,
+            auth,
             metrics,
             admin,
             _refreshers: Refreshers(refreshers),
@@ -139,27 +186,24 @@ impl App {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
         let (stop_tx, stop_rx) = watch::channel(false);
         let listen = &self.config.listen;
-        let listener = self
-            .proxy_listener
-            .into_std()
-            .map_err(StartError::Workers)?;
         let request_ids = Arc::new(body::RequestIds::new());
+        let options = server::ServeOptions {
+            header_read_timeout: listen.header_read_timeout,
+            max_header_bytes: listen.max_header_bytes,
+            shutdown_grace_period: listen.shutdown_grace_period,
+        };
+        let mut dealers = Vec::with_capacity(listen.workers);
         let mut workers = Vec::with_capacity(listen.workers);
         for index in 0..listen.workers {
+            let (dealer, connections) = tokio::sync::mpsc::unbounded_channel();
             let worker = Worker {
-                listener: listener.try_clone().map_err(StartError::Workers)?,
-                options: server::ServeOptions {
-                    header_read_timeout: listen.header_read_timeout,
-                    max_header_bytes: listen.max_header_bytes,
-                    max_connections: listen.max_connections.div_ceil(listen.workers),
-                    shutdown_grace_period: listen.shutdown_grace_period,
-                },
+                connections,
+                options: options.clone(),
                 upstream: self.config.upstream.clone(),
                 tls: self.tls.clone(),
-                token: self.default_token.clone(),
+                auth: self.auth.clone(),
                 metrics: self.metrics.clone(),
                 request_ids: request_ids.clone(),
-                stop: stop_rx.clone(),
             };
             let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
             std::thread::Builder::new()
@@ -169,9 +213,15 @@ impl App {
                     let _ = done_tx.send(());
                 })
                 .map_err(StartError::Workers)?;
+            dealers.push(dealer);
             workers.push(done_rx);
         }
-        drop(listener);
+        let acceptor = tokio::spawn(server::accept_for_workers(
+            self.proxy_listener,
+            listen.max_connections,
+            dealers,
+            stop_rx.clone(),
+        ));
 
         let admin = self.admin.clone();
         let admin_task = tokio::spawn(server::serve(
@@ -179,9 +229,9 @@ impl App {
             server::ServeOptions {
                 header_read_timeout: Duration::from_secs(10),
                 max_header_bytes: 16 * 1024,
-                max_connections: 64,
                 shutdown_grace_period: Duration::from_secs(1),
             },
+            64,
             move |request| {
                 let response = admin.handle(&request);
                 async move { response }
@@ -191,6 +241,8 @@ impl App {
         shutdown.await;
         tracing::info!("shutting down: no new connections; draining open requests");
         let _ = stop_tx.send(true);
+        // The acceptor's end closes the workers' channels, which starts their drain.
+        let _ = acceptor.await;
         for done in workers {
             let _ = done.await;
         }
@@ -199,16 +251,16 @@ impl App {
     }
 }
 
-/// One proxy worker thread's share of the work.
+/// One proxy worker thread: serves the connections dealt to it on its own single-threaded
+/// runtime, with its own upstream connection pool.
 struct Worker {
-    listener: std::net::TcpListener,
+    connections: tokio::sync::mpsc::UnboundedReceiver<server::Accepted>,
     options: server::ServeOptions,
     upstream: config::Upstream,
     tls: rustls::ClientConfig,
-    token: Arc<TokenCache>,
+    auth: Arc<auth::Authenticator>,
     metrics: Arc<Metrics>,
     request_ids: Arc<body::RequestIds>,
-    stop: watch::Receiver<bool>,
 }
 
 impl Worker {
@@ -224,17 +276,10 @@ impl Worker {
             }
         };
         runtime.block_on(async move {
-            let listener = match TcpListener::from_std(self.listener) {
-                Ok(listener) => listener,
-                Err(error) => {
-                    tracing::error!(%error, "cannot register the listener in a worker");
-                    return;
-                }
-            };
             let upstream = forward::Upstream::new(&self.upstream, self.tls);
             let proxy = Arc::new(proxy::Proxy::new(
                 upstream,
-                self.token,
+                self.auth,
                 self.metrics,
                 self.request_ids,
             ));
@@ -242,10 +287,34 @@ impl Worker {
                 let proxy = proxy.clone();
                 async move { proxy.handle(request).await }
             };
-            server::serve(listener, self.options, handler, self.stop).await;
+            server::serve_dealt(self.connections, self.options, handler).await;
         });
         // Dropping the runtime cancels whatever outlived the grace period.
     }
+}
+
+/// The client name open-mode requests are logged and counted under.
+pub const OPEN_CLIENT: &str = "open";
+
+/// The `Host` values that name the listener itself: its address, and `localhost` with its port
+/// when it listens on loopback, plus what the operator added.
+fn own_host_names(bound: SocketAddr, extra: &[String]) -> Box<[http::HeaderValue]> {
+    let port = bound.port();
+    let mut names = vec![bound.to_string()];
+    if bound.ip().is_loopback() {
+        names.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| http::HeaderValue::try_from(name).ok())
+        .collect()
 }
 
 /// Token refresher tasks, stopped when the app is dropped or finishes running.

@@ -1,15 +1,15 @@
 //! The command line: load and validate configuration before binding anything, set up logging,
 //! then run the proxy, check the identities, or probe readiness for a container HEALTHCHECK.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use ado_auth_proxy::config::Config;
+use ado_auth_proxy::log_format::LineFormat;
 use ado_auth_proxy::log_writer::{BatchedStderr, FlushGuard};
 use ado_auth_proxy::token::TokenSource;
-use ado_auth_proxy::{App, entra_client, tls};
+use ado_auth_proxy::{App, entra_client, keys, tls};
 use base64::Engine as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,10 +44,26 @@ enum Command {
     Check,
     /// Exit 0 when the admin listener's /readyz answers 200 (for container HEALTHCHECKs).
     Healthcheck,
+    /// Client keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a new client key (once) and the configuration lines that admit it.
+    New {
+        /// The client's name, as it will appear in logs and metrics.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keys(KeysCommand::New { name })) = &cli.command {
+        return new_key(name);
+    }
     // Flushes buffered log lines when main returns.
     let _log_flush = init_logging(cli.log_format);
     let config = match Config::load(cli.config.as_deref()) {
@@ -72,6 +88,7 @@ fn main() -> ExitCode {
             Command::Run => run(config).await,
             Command::Check => check(config).await,
             Command::Healthcheck => healthcheck(config).await,
+            Command::Keys(_) => ExitCode::SUCCESS,
         }
     })
 }
@@ -82,18 +99,44 @@ fn init_logging(format: LogFormat) -> FlushGuard {
     let (writer, guard) = BatchedStderr::start();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
+    tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(writer);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+        .with_writer(writer)
+        .event_format(match format {
+            LogFormat::Text => LineFormat::Text,
+            LogFormat::Json => LineFormat::Json,
+        })
+        .init();
     guard
 }
 
+/// The key goes to stdout once; the configuration keeps only its SHA-256.
+fn new_key(name: &str) -> ExitCode {
+    if !keys::valid_client_name(name) {
+        eprintln!("ado-auth-proxy: --name must be 1 to 64 letters, digits, '-', '_' or '.'");
+        return ExitCode::from(2);
+    }
+    let Ok(key) = keys::generate() else {
+        eprintln!("ado-auth-proxy: the operating system's random source failed");
+        return ExitCode::FAILURE;
+    };
+    let hash = keys::to_hex(&keys::sha256(key.as_bytes()));
+    println!(
+        "Client key for \"{name}\" (shown once; give it to the client as the password it sends, where it \
+         sent a PAT):\n\n  {key}\n\nAdd this client to the proxy's configuration and list what it may call:\n\n\
+         [[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nidentity = \"default\"\nallow = [\n  \
+         # {{ methods = [\"GET\", \"POST\"], path = \"/contoso/web/_git/web/**\" }},\n]"
+    );
+    ExitCode::SUCCESS
+}
+
 async fn run(config: Config) -> ExitCode {
+    if config.inbound.open_beyond_loopback {
+        tracing::warn!(
+            address = %config.listen.address,
+            "inbound.mode = \"open\" on a non-loopback address: anyone who can reach it acts as the service principal"
+        );
+    }
     let app = match App::build(config).await {
         Ok(app) => app,
         Err(error) => {

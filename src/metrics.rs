@@ -3,6 +3,8 @@
 //! names, error kinds), never from request data.
 
 use http::Method;
+
+use crate::auth::Unauthenticated;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -24,22 +26,56 @@ pub enum Refusal {
     BadRequest,
     MethodNotAllowed,
     TokenUnavailable,
+    /// A web browser's request (`Origin`, `Sec-Fetch-Site`).
+    Browser,
+    /// Open mode, and a `Host` that is not one of the listener's own names.
+    ForeignHost,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 3] = [
+    const ALL: [Refusal; 5] = [
         Refusal::BadRequest,
         Refusal::MethodNotAllowed,
         Refusal::TokenUnavailable,
+        Refusal::Browser,
+        Refusal::ForeignHost,
     ];
     fn label(self) -> &'static str {
         match self {
             Refusal::BadRequest => "bad_request",
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::TokenUnavailable => "token_unavailable",
+            Refusal::Browser => "browser",
+            Refusal::ForeignHost => "foreign_host",
         }
     }
 }
+
+/// A client's own counters, resolved once so a request touches only atomics.
+pub struct ClientMetrics {
+    requests: [[IntCounter; STATUS_CLASSES.len()]; METHODS.len()],
+    pub denied: IntCounter,
+}
+
+impl ClientMetrics {
+    pub fn count_request(&self, method: &Method, status: u16) {
+        let method_index = match *method {
+            Method::GET => 0,
+            Method::HEAD => 1,
+            Method::POST => 2,
+            Method::PUT => 3,
+            Method::PATCH => 4,
+            Method::DELETE => 5,
+            Method::OPTIONS => 6,
+            _ => 7,
+        };
+        let class_index = usize::from(status / 100).clamp(1, 5) - 1;
+        self.requests[method_index][class_index].inc();
+    }
+}
+
+/// The `client` label of requests that never got as far as naming a client.
+pub const NO_CLIENT: &str = "-";
 
 /// What went wrong between the proxy and Azure DevOps, or with the client mid-transfer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +111,11 @@ impl UpstreamFailure {
 
 pub struct Metrics {
     registry: Registry,
-    requests: [[IntCounter; STATUS_CLASSES.len()]; METHODS.len()],
+    requests: IntCounterVec,
+    denied: IntCounterVec,
+    /// Requests refused before a client was known.
+    pub anonymous: ClientMetrics,
+    unauthenticated: [IntCounter; Unauthenticated::ALL.len()],
     pub request_duration: Histogram,
     pub upstream_duration: Histogram,
     pub in_flight: IntGauge,
@@ -93,19 +133,38 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests_vec = register(
+        let requests = register(
             &registry,
             IntCounterVec::new(
                 opts(
                     "requests_total",
-                    "Requests answered, by method and status class.",
+                    "Requests answered, by client, method and status class.",
                 ),
-                &["method", "status_class"],
+                &["client", "method", "status_class"],
             ),
         );
-        let requests = METHODS.map(|method| {
-            STATUS_CLASSES.map(|class| requests_vec.with_label_values(&[method, class]))
-        });
+        let denied = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "denied_requests_total",
+                    "Requests no allowlist rule admitted (403), by client.",
+                ),
+                &["client"],
+            ),
+        );
+        let unauthenticated_vec = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "unauthenticated_requests_total",
+                    "Requests without a valid client key (401), by reason.",
+                ),
+                &["reason"],
+            ),
+        );
+        let unauthenticated =
+            Unauthenticated::ALL.map(|r| unauthenticated_vec.with_label_values(&[r.label()]));
         let histogram = |name: &str, help: &str| {
             register(
                 &registry,
@@ -210,9 +269,13 @@ impl Metrics {
                 &["identity"],
             ),
         );
+        let anonymous = client_metrics(&requests, &denied, NO_CLIENT);
         Self {
             registry,
             requests,
+            denied,
+            anonymous,
+            unauthenticated,
             request_duration,
             upstream_duration,
             in_flight,
@@ -228,19 +291,17 @@ impl Metrics {
         }
     }
 
-    pub fn count_request(&self, method: &Method, status: u16) {
-        let method_index = match *method {
-            Method::GET => 0,
-            Method::HEAD => 1,
-            Method::POST => 2,
-            Method::PUT => 3,
-            Method::PATCH => 4,
-            Method::DELETE => 5,
-            Method::OPTIONS => 6,
-            _ => 7,
-        };
-        let class_index = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[method_index][class_index].inc();
+    /// The counters of one configured client (names are bounded by the configuration).
+    pub fn client(&self, name: &str) -> ClientMetrics {
+        client_metrics(&self.requests, &self.denied, name)
+    }
+
+    pub fn count_unauthenticated(&self, reason: Unauthenticated) {
+        let index = Unauthenticated::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
+        self.unauthenticated[index].inc();
     }
 
     pub fn count_refusal(&self, refusal: Refusal) {
@@ -296,6 +357,15 @@ impl Default for Metrics {
     }
 }
 
+fn client_metrics(requests: &IntCounterVec, denied: &IntCounterVec, client: &str) -> ClientMetrics {
+    ClientMetrics {
+        requests: METHODS.map(|method| {
+            STATUS_CLASSES.map(|class| requests.with_label_values(&[client, method, class]))
+        }),
+        denied: denied.with_label_values(&[client]),
+    }
+}
+
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(format!("{PREFIX}_{name}"), help)
 }
@@ -320,16 +390,20 @@ mod tests {
     #[test]
     fn renders_prefixed_names_with_bounded_labels() {
         let metrics = Metrics::new();
-        metrics.count_request(&Method::GET, 200);
-        metrics.count_request(&Method::from_bytes(b"PROPFIND").expect("method"), 404);
+        metrics.client("ci-bot").count_request(&Method::GET, 200);
+        metrics
+            .anonymous
+            .count_request(&Method::from_bytes(b"PROPFIND").expect("method"), 404);
         metrics.count_refusal(Refusal::MethodNotAllowed);
         let text = metrics.render();
         assert!(
-            text.contains(r#"ado_auth_proxy_requests_total{method="GET",status_class="2xx"} 1"#),
+            text.contains(r#"ado_auth_proxy_requests_total{client="ci-bot",method="GET",status_class="2xx"} 1"#),
             "{text}"
         );
         assert!(
-            text.contains(r#"ado_auth_proxy_requests_total{method="other",status_class="4xx"} 1"#),
+            text.contains(
+                r#"ado_auth_proxy_requests_total{client="-",method="other",status_class="4xx"} 1"#
+            ),
             "{text}"
         );
         assert!(

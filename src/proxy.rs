@@ -1,6 +1,7 @@
-//! The request path, in order: check the target, take the current token, rewrite headers, forward,
-//! and stream the response back. Each step either passes the request on or returns a
-//! [`Rejection`]; nothing here waits on Entra ID.
+//! The request path, in order: check the target, authenticate the client, check the path and the
+//! client's allowlist, take the client identity's current token, rewrite headers, forward, and
+//! stream the response back. Each step either passes the request on or returns a [`Rejection`];
+//! nothing here waits on Entra ID.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,13 +9,14 @@ use std::time::Instant;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::allow::Segments;
+use crate::auth::Authenticator;
 use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
 use crate::error::Rejection;
 use crate::forward::Upstream;
 use crate::headers;
 use crate::metrics::Metrics;
 use crate::target;
-use crate::token::TokenCache;
 
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 static RATE_LIMIT_REMAINING: http::HeaderName =
@@ -22,7 +24,7 @@ static RATE_LIMIT_REMAINING: http::HeaderName =
 
 pub struct Proxy {
     upstream: Upstream,
-    token: Arc<TokenCache>,
+    auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     request_ids: Arc<RequestIds>,
 }
@@ -30,13 +32,13 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         upstream: Upstream,
-        token: Arc<TokenCache>,
+        auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         request_ids: Arc<RequestIds>,
     ) -> Self {
         Self {
             upstream,
-            token,
+            auth,
             metrics,
             request_ids,
         }
@@ -56,12 +58,7 @@ impl Proxy {
                 response.map(|body| ResponseBody::upstream(body, exchange, status))
             }
             Err(rejection) => {
-                if let Some(refusal) = rejection.refusal() {
-                    self.metrics.count_refusal(refusal);
-                }
-                if let Some(failure) = rejection.upstream_failure() {
-                    self.metrics.count_upstream_failure(failure);
-                }
+                self.count_rejection(&rejection);
                 let status = rejection.status().as_u16();
                 rejection
                     .to_response(&request_id)
@@ -80,12 +77,26 @@ impl Proxy {
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
         target::check(&request)?;
-        let bearer = self
-            .token
-            .bearer()
-            .ok_or_else(|| Rejection::TokenUnavailable {
-                retry_after: self.token.retry_after(),
+        let client = self.auth.authenticate(request.headers())?;
+        exchange.set_client(client.clone());
+        let uri = request.uri();
+        let path = Segments::parse(uri.path()).map_err(|e| Rejection::BadRequest(e.message()))?;
+        let rule = client
+            .allow
+            .judge(request.method(), &path, uri.query())
+            .ok_or_else(|| {
+                client.metrics.denied.inc();
+                Rejection::Forbidden {
+                    client: client.name.clone(),
+                    method: request.method().clone(),
+                    path: uri.path().to_string(),
+                }
             })?;
+        exchange.set_rule(rule);
+        let token = &client.token;
+        let bearer = token.bearer().ok_or_else(|| Rejection::TokenUnavailable {
+            retry_after: token.retry_after(),
+        })?;
 
         let (mut parts, body) = request.into_parts();
         headers::prepare_request(&mut parts.headers, self.upstream.host_header(), bearer);
@@ -109,13 +120,24 @@ impl Proxy {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Rejection::UpstreamUpgrade);
         }
-        self.observe_rate_limits(&response);
+        self.observe_rate_limits(token.identity(), &response);
         headers::prepare_response(response.headers_mut());
         Ok(response)
     }
 
-    fn observe_rate_limits(&self, response: &Response<Incoming>) {
-        let identity = self.token.identity();
+    fn count_rejection(&self, rejection: &Rejection) {
+        if let Some(refusal) = rejection.refusal() {
+            self.metrics.count_refusal(refusal);
+        }
+        if let Rejection::Unauthenticated(reason) = rejection {
+            self.metrics.count_unauthenticated(*reason);
+        }
+        if let Some(failure) = rejection.upstream_failure() {
+            self.metrics.count_upstream_failure(failure);
+        }
+    }
+
+    fn observe_rate_limits(&self, identity: &str, response: &Response<Incoming>) {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             self.metrics.count_throttled(identity);
         }

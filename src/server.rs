@@ -1,8 +1,10 @@
-//! Accept loops for the proxy and admin listeners: connection limit, header-read timeout, header
-//! size limit, HTTP/1.1 keep-alive, graceful drain on shutdown.
+//! Accepting and serving connections: connection limit, header-read timeout, header size limit,
+//! HTTP/1.1 keep-alive, graceful drain on shutdown.
 //!
-//! HTTP/1.1 only on the client side: git, curl, the SDKs and package managers speak it to a plain
-//! `http://` proxy, and hyper's HTTP/1 builder is the one that can cap header size on its own.
+//! The proxy listener has one acceptor that deals connections round-robin to worker threads,
+//! each serving its share on its own single-threaded runtime; the admin listener is served where
+//! it is accepted. HTTP/1.1 only on the client side: git, curl, the SDKs and package managers
+//! speak it to a plain `http://` proxy, and hyper's HTTP/1 builder can cap header size itself.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,53 +17,43 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+#[derive(Clone)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
-    pub max_connections: usize,
     pub shutdown_grace_period: Duration,
 }
 
-/// Serves `listener` with `handler` until `shutdown` flips to true, then stops accepting and lets
-/// open exchanges finish for up to the grace period.
-pub async fn serve<H, F, B>(
-    listener: TcpListener,
-    options: ServeOptions,
-    handler: H,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let mut builder = http1::Builder::new();
-    // hyper enforces the header-read timeout only with a timer installed. It runs whenever the
-    // connection waits for a request head, so it also closes idle keep-alive connections.
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(options.header_read_timeout)
-        .max_header_size(options.max_header_bytes)
-        .keep_alive(true);
-    let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+/// An accepted connection on its way to a worker, holding its connection-limit slot.
+pub struct Accepted {
+    stream: std::net::TcpStream,
+    slot: OwnedSemaphorePermit,
+}
 
+/// Accepts until `shutdown`, at most `max_connections` open at once, handing each connection to
+/// `dispatch`. Waiting for a slot before accepting leaves excess connections in the kernel's
+/// backlog instead of accepting work that cannot be served.
+async fn accept_loop(
+    listener: TcpListener,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+    mut dispatch: impl FnMut(TcpStream, OwnedSemaphorePermit),
+) {
+    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        // Waiting for a slot before accepting leaves excess connections in the kernel's backlog
-        // instead of accepting work we cannot serve.
-        let permit = tokio::select! {
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
                 Err(_) => break,
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let (stream, _) = tokio::select! {
+        let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
+                Ok((stream, _)) => stream,
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -72,31 +64,127 @@ pub async fn serve<H, F, B>(
             _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
+        dispatch(stream, slot);
+    }
+}
+
+/// Accepts proxy connections and deals them round-robin to the workers' channels.
+pub async fn accept_for_workers(
+    listener: TcpListener,
+    max_connections: usize,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut next = 0;
+    accept_loop(listener, max_connections, shutdown, |stream, slot| {
+        let Ok(stream) = stream.into_std() else {
+            return;
+        };
+        if !workers.is_empty() {
+            let _ = workers[next % workers.len()].send(Accepted { stream, slot });
+            next = next.wrapping_add(1);
+        }
+    })
+    .await;
+}
+
+/// Serves the connections a worker is dealt until the acceptor stops, then drains.
+pub async fn serve_dealt<H, F, B>(
+    mut connections: mpsc::UnboundedReceiver<Accepted>,
+    options: ServeOptions,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = ConnectionServer::new(&options);
+    while let Some(Accepted { stream, slot }) = connections.recv().await {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => server.spawn(stream, slot, handler.clone()),
+            Err(error) => tracing::warn!(%error, "cannot register a connection"),
+        }
+    }
+    server.drain(options.shutdown_grace_period).await;
+}
+
+/// Accepts and serves `listener` on the current runtime until `shutdown`, then drains.
+pub async fn serve<H, F, B>(
+    listener: TcpListener,
+    options: ServeOptions,
+    max_connections: usize,
+    handler: H,
+    shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = ConnectionServer::new(&options);
+    accept_loop(listener, max_connections, shutdown, |stream, slot| {
+        server.spawn(stream, slot, handler.clone());
+    })
+    .await;
+    server.drain(options.shutdown_grace_period).await;
+}
+
+struct ConnectionServer {
+    builder: http1::Builder,
+    graceful: GracefulShutdown,
+}
+
+impl ConnectionServer {
+    fn new(options: &ServeOptions) -> Self {
+        let mut builder = http1::Builder::new();
+        // hyper enforces the header-read timeout only with a timer installed. It runs whenever
+        // the connection waits for a request head, so it also closes idle keep-alive connections.
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            .max_header_size(options.max_header_bytes)
+            .keep_alive(true);
+        Self {
+            builder,
+            graceful: GracefulShutdown::new(),
+        }
+    }
+
+    fn spawn<H, F, B>(&self, stream: TcpStream, slot: OwnedSemaphorePermit, handler: H)
+    where
+        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+        F: Future<Output = Response<B>> + Send + 'static,
+        B: Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let service = service_fn(move |request| {
             let response = handler(request);
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let connection = self
+            .graceful
+            .watch(self.builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             // Errors here are client-side (resets, timeouts, malformed requests): hyper has
             // already answered what could be answered.
             if let Err(error) = connection.await {
                 tracing::debug!(error = %error, "connection ended with an error");
             }
-            drop(permit);
+            drop(slot);
         });
     }
-    drop(listener);
-    if tokio::time::timeout(options.shutdown_grace_period, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            grace_seconds = options.shutdown_grace_period.as_secs(),
-            "grace period over; closing the connections still open"
-        );
+
+    async fn drain(self, grace: Duration) {
+        if tokio::time::timeout(grace, self.graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                grace_seconds = grace.as_secs(),
+                "grace period over; closing the connections still open"
+            );
+        }
     }
 }
 

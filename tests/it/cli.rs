@@ -78,7 +78,9 @@ impl Fakes {
                 client_id = "{client}"
                 authority = "{authority}"
                 credential = {{ kind = "client_secret", secret_file = "{secret_file}" }}
+                {access}
                 "#,
+                access = crate::harness::OPEN_ALLOW_ALL,
                 upstream = self.devops.url(),
                 tenant = cfg.tenant_id,
                 client = cfg.client_id,
@@ -236,8 +238,8 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
         "status",
         "request_bytes",
         "response_bytes",
-        "duration_ms",
-        "upstream_ms",
+        "duration_us",
+        "upstream_us",
     ] {
         assert!(
             first.get(field).is_some(),
@@ -315,7 +317,10 @@ async fn bad_configurations_are_refused_with_the_key_and_the_problem() {
     let dir = tempfile::TempDir::new().expect("temp dir");
     let identity = "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = { kind = \"client_secret\", secret = \"x\" }\n";
     let cases = [
-        ("[listen]\naddress = \"0.0.0.0:8080\"\n", "listen.address"),
+        (
+            "[listen]\naddress = \"0.0.0.0:8080\"\n[inbound]\nmode = \"open\"\nallow = [{ methods = [\"GET\"], path = \"/**\" }]\n",
+            "listen.address",
+        ),
         (
             "[upstream]\nurl = \"http://dev.azure.com\"\n",
             "upstream.url",
@@ -381,4 +386,99 @@ async fn the_example_configurations_load_and_get_a_token() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+}
+
+#[tokio::test]
+async fn keys_new_prints_a_key_once_and_only_its_hash_for_the_config() {
+    let output = command(&["keys", "new", "--name", "ci-bot"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let key = stdout
+        .split_whitespace()
+        .find(|word| word.starts_with("aap_"))
+        .expect("a key")
+        .to_string();
+    assert!(key.len() >= 4 + 43, "256 bits of key");
+    let hash = ado_auth_proxy::keys::to_hex(&ado_auth_proxy::keys::sha256(key.as_bytes()));
+    assert!(
+        stdout.contains(&format!("key_sha256 = \"{hash}\"")),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches(&key).count(), 1, "the key is printed once");
+    let other = command(&["keys", "new", "--name", "ci-bot"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        !String::from_utf8_lossy(&other.stdout).contains(&key),
+        "every key is new"
+    );
+    let bad = command(&["keys", "new", "--name", "two words"])
+        .output()
+        .await
+        .expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn client_keys_never_appear_in_logs_responses_or_metrics() {
+    let fakes = Fakes::start().await;
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let config = fakes.write_config(proxy_port, admin_port);
+    let keys = crate::access::Keys::new();
+    let text = std::fs::read_to_string(&config).expect("read");
+    let text = text.replace(crate::harness::OPEN_ALLOW_ALL, &keys.access_toml());
+    std::fs::write(&config, text).expect("write");
+    let mut child = command(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ])
+    .env("RUST_LOG", "debug")
+    .spawn()
+    .expect("spawn");
+    wait_ready(admin_port).await;
+    let proxy = format!("http://127.0.0.1:{proxy_port}");
+    let wrong_key = "aap_wrongwrongwrongwrongwrongwrongwrongwrongwro";
+    let mut bodies = String::new();
+    for (path, key) in [
+        ("/contoso/_apis/projects", keys.reader.as_str()),
+        ("/contoso/_apis/projects", keys.writer.as_str()),
+        ("/contoso/_apis/projects", wrong_key),
+        ("/contoso/web/_git/web/../x", keys.reader.as_str()),
+    ] {
+        let auth = format!("Bearer {key}");
+        let reply = support::get(&format!("{proxy}{path}"), &[("authorization", &auth)]).await;
+        bodies.push_str(&reply.text());
+        bodies.push_str(&format!("{:?}", reply.headers));
+    }
+    bodies.push_str(
+        &support::get(&format!("http://127.0.0.1:{admin_port}/metrics"), &[])
+            .await
+            .text(),
+    );
+    let (_, logs) = terminate(&mut child).await;
+    let captured = format!("{logs}\n{bodies}");
+    for key in [keys.reader.as_str(), keys.writer.as_str(), wrong_key] {
+        assert!(!captured.contains(key), "a client key leaked");
+        assert!(
+            !captured.contains(&key[4..20]),
+            "part of a client key leaked"
+        );
+    }
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "audit")
+        .collect();
+    let clients: Vec<&str> = audit
+        .iter()
+        .map(|a| a["client"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(clients, ["reader", "writer", "-", "reader"], "{logs}");
+    assert_eq!(audit[0]["rule"], "GET /contoso/_apis/projects");
 }

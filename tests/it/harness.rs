@@ -36,7 +36,16 @@ pub struct Options {
     pub no_wait: bool,
     /// How the fake Entra ID answers from the start.
     pub entra_mode: Option<EntraMode>,
+    /// `[inbound]` and `[[clients]]` tables; empty means open mode allowing every call.
+    pub access_toml: String,
 }
+
+/// Open mode, every call allowed: the sidecar setup, for tests about the rest of the path.
+pub const OPEN_ALLOW_ALL: &str = r#"
+[inbound]
+mode = "open"
+allow = [{ methods = ["*"], path = "/**" }]
+"#;
 
 impl Stack {
     pub async fn start() -> Stack {
@@ -78,7 +87,13 @@ impl Stack {
             client_id = "{client}"
             authority = "{authority}"
             credential = {{ kind = "client_secret", secret = "{secret}" }}
+            {access}
             "#,
+            access = if options.access_toml.is_empty() {
+                OPEN_ALLOW_ALL
+            } else {
+                &options.access_toml
+            },
             listen = options.listen_toml,
             upstream = options.upstream_toml,
             tenant = cfg.tenant_id,

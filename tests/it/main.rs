@@ -7,6 +7,7 @@ mod support;
 
 mod fakes;
 
+mod access;
 mod cli;
 mod forwarding;
 mod git;

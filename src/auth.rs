@@ -1,0 +1,210 @@
+//! Who is calling: a client key (Basic password or user name, or Bearer), compared in constant time
+//! against every configured key hash; or, in open mode, anyone on this machine who is not a web
+//! page. Keys are never kept, logged or echoed; only their hashes are compared.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http::{HeaderMap, HeaderValue, header};
+use subtle::{ConditionallySelectable, ConstantTimeEq};
+
+use crate::allow::Allowlist;
+use crate::error::Rejection;
+use crate::keys;
+use crate::metrics::ClientMetrics;
+use crate::token::TokenCache;
+
+/// Longer `Authorization` values are not keys (a key is 47 characters); refusing them bounds the
+/// work an anonymous caller can cause.
+const MAX_AUTHORIZATION_BYTES: usize = 1024;
+const MAX_KEY_BYTES: usize = 256;
+
+/// A configured client, with everything the request path needs about it.
+pub struct Client {
+    pub name: Arc<str>,
+    key_sha256: [u8; 32],
+    pub allow: Allowlist,
+    pub token: Arc<TokenCache>,
+    pub metrics: ClientMetrics,
+}
+
+impl Client {
+    pub fn new(
+        name: &str,
+        key_sha256: [u8; 32],
+        allow: Allowlist,
+        token: Arc<TokenCache>,
+        metrics: ClientMetrics,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            key_sha256,
+            allow,
+            token,
+            metrics,
+        }
+    }
+}
+
+/// Why a caller is not authenticated; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl Unauthenticated {
+    pub const ALL: [Unauthenticated; 3] = [
+        Unauthenticated::Missing,
+        Unauthenticated::Malformed,
+        Unauthenticated::Unknown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Unauthenticated::Missing => "missing",
+            Unauthenticated::Malformed => "malformed",
+            Unauthenticated::Unknown => "unknown",
+        }
+    }
+}
+
+pub enum Mode {
+    Keys {
+        clients: Box<[Arc<Client>]>,
+    },
+    /// No key: every local caller acts as `client`, but only with one of the listener's own host
+    /// names, so a DNS-rebinding web page cannot reach it.
+    Open {
+        client: Arc<Client>,
+        hosts: Box<[HeaderValue]>,
+    },
+}
+
+pub struct Authenticator {
+    mode: Mode,
+}
+
+impl Authenticator {
+    pub fn new(mode: Mode) -> Self {
+        Self { mode }
+    }
+
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>, Rejection> {
+        // Browsers mark cross-site and page-initiated requests; git, curl and the SDKs send
+        // neither header. Refused in both modes: a browser may hold a key typed into its prompt.
+        if headers.contains_key(header::ORIGIN)
+            || headers
+                .get("sec-fetch-site")
+                .is_some_and(|site| site.as_bytes() != b"none")
+        {
+            return Err(Rejection::BrowserRequest);
+        }
+        match &self.mode {
+            Mode::Keys { clients } => {
+                find_client(clients, headers).map_err(Rejection::Unauthenticated)
+            }
+            Mode::Open { client, hosts } => {
+                let host = headers.get(header::HOST);
+                if host.is_some_and(|host| {
+                    hosts
+                        .iter()
+                        .any(|own| own.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+                }) {
+                    Ok(client.clone())
+                } else {
+                    Err(Rejection::ForeignHost)
+                }
+            }
+        }
+    }
+}
+
+fn find_client(
+    clients: &[Arc<Client>],
+    headers: &HeaderMap,
+) -> Result<Arc<Client>, Unauthenticated> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next().ok_or(Unauthenticated::Missing)?;
+    if values.next().is_some() || value.len() > MAX_AUTHORIZATION_BYTES {
+        return Err(Unauthenticated::Malformed);
+    }
+    let hash =
+        with_presented_key(value.as_bytes(), keys::sha256).ok_or(Unauthenticated::Malformed)?;
+    // One full pass over every client, whatever matches, with constant-time comparisons.
+    let mut found = u32::MAX;
+    for (index, client) in clients.iter().enumerate() {
+        let index = u32::try_from(index).unwrap_or(u32::MAX);
+        found = u32::conditional_select(&found, &index, client.key_sha256.ct_eq(&hash));
+    }
+    clients
+        .get(found as usize)
+        .cloned()
+        .ok_or(Unauthenticated::Unknown)
+}
+
+/// Finds the key in an `Authorization` value and hands it to `use_key`; the decoded credentials
+/// live only for that call.
+fn with_presented_key<T>(value: &[u8], use_key: impl FnOnce(&[u8]) -> T) -> Option<T> {
+    let (scheme, rest) = split_scheme(value)?;
+    let key_of = |key: &[u8]| (!key.is_empty() && key.len() <= MAX_KEY_BYTES).then_some(());
+    if scheme.eq_ignore_ascii_case(b"bearer") {
+        let key = rest.trim_ascii();
+        key_of(key)?;
+        return Some(use_key(key));
+    }
+    if scheme.eq_ignore_ascii_case(b"basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim_ascii())
+            .ok()?;
+        // `user:key` as git, npm, pip and curl send a PAT; `key:` or `key` when the key was put
+        // where the user name goes (`https://KEY@host/...`).
+        let key = match decoded.iter().position(|&b| b == b':') {
+            Some(colon) if colon + 1 < decoded.len() => &decoded[colon + 1..],
+            Some(colon) => &decoded[..colon],
+            None => &decoded[..],
+        };
+        key_of(key)?;
+        return Some(use_key(key));
+    }
+    None
+}
+
+fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    Some((&value[..space], &value[space + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn basic(credentials: &str) -> String {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(credentials)
+        )
+    }
+
+    fn presented(value: &str) -> Option<Vec<u8>> {
+        with_presented_key(value.as_bytes(), <[u8]>::to_vec)
+    }
+
+    #[test]
+    fn keys_are_found_wherever_tools_put_a_pat() {
+        let key = b"aap_secret".to_vec();
+        assert_eq!(presented(&basic("git:aap_secret")), Some(key.clone()));
+        assert_eq!(presented(&basic(":aap_secret")), Some(key.clone()));
+        assert_eq!(presented(&basic("aap_secret:")), Some(key.clone()));
+        assert_eq!(presented(&basic("aap_secret")), Some(key.clone()));
+        assert_eq!(presented("Bearer aap_secret"), Some(key.clone()));
+        assert_eq!(presented("bearer  aap_secret "), Some(key));
+        assert_eq!(presented("Basic !!!"), None);
+        assert_eq!(presented(&basic(":")), None);
+        assert_eq!(presented("Bearer "), None);
+        assert_eq!(presented("Digest abc"), None);
+        assert_eq!(presented("aap_secret"), None);
+        assert_eq!(presented(&format!("Bearer {}", "a".repeat(300))), None);
+    }
+}
