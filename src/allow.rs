@@ -11,7 +11,7 @@ use std::fmt;
 use http::Method;
 
 /// Deeper paths are refused; Azure DevOps URLs have a dozen segments at most.
-pub const MAX_SEGMENTS: usize = 64;
+pub const MAX_SEGMENTS: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
@@ -51,6 +51,8 @@ impl PathError {
 pub struct Segments<'a> {
     items: [&'a str; MAX_SEGMENTS],
     len: usize,
+    /// Bit i set: segment i holds percent-escapes (only those need decoding to compare).
+    escaped: u32,
 }
 
 impl<'a> Segments<'a> {
@@ -60,20 +62,32 @@ impl<'a> Segments<'a> {
         let mut segments = Segments {
             items: [""; MAX_SEGMENTS],
             len: 0,
+            escaped: 0,
         };
         if rest.is_empty() {
             return Ok(segments);
         }
         let rest = rest.strip_suffix('/').unwrap_or(rest);
-        for raw in rest.split('/') {
-            check_segment(raw)?;
+        let bytes = rest.as_bytes();
+        let mut start = 0;
+        loop {
+            let end = bytes[start..]
+                .iter()
+                .position(|&b| b == b'/')
+                .map_or(bytes.len(), |at| start + at);
+            let raw = &rest[start..end];
+            let escaped = check_segment(raw)?;
             if segments.len == MAX_SEGMENTS {
                 return Err(PathError::TooDeep);
             }
             segments.items[segments.len] = raw;
+            segments.escaped |= u32::from(escaped) << segments.len;
             segments.len += 1;
+            if end == bytes.len() {
+                return Ok(segments);
+            }
+            start = end + 1;
         }
-        Ok(segments)
     }
 
     pub fn as_slice(&self) -> &[&'a str] {
@@ -86,8 +100,8 @@ impl<'a> Segments<'a> {
         let items = self.as_slice();
         let [.., info, refs] = items else { return None };
         if method != Method::GET
-            || !segment_eq(info, "info")
-            || !segment_eq(refs, "refs")
+            || !segment_eq(info, true, "info")
+            || !segment_eq(refs, true, "refs")
             || !query.is_some_and(announces_receive_pack)
         {
             return None;
@@ -95,8 +109,10 @@ impl<'a> Segments<'a> {
         let mut push = Segments {
             items: self.items,
             len: self.len - 1,
+            escaped: self.escaped,
         };
         push.items[push.len - 1] = "git-receive-pack";
+        push.escaped &= !(1 << (push.len - 1));
         Some(push)
     }
 }
@@ -104,19 +120,22 @@ impl<'a> Segments<'a> {
 fn announces_receive_pack(query: &str) -> bool {
     query.split('&').any(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        segment_eq(name, "service") && segment_eq(value, "git-receive-pack")
+        segment_eq(name, true, "service") && segment_eq(value, true, "git-receive-pack")
     })
 }
 
-fn check_segment(raw: &str) -> Result<(), PathError> {
+/// Checks one raw segment; tells whether it holds percent-escapes.
+fn check_segment(raw: &str) -> Result<bool, PathError> {
     if raw.is_empty() {
         return Err(PathError::EmptySegment);
     }
     let bytes = raw.as_bytes();
     let mut has_escape = false;
+    let mut parameters_at = bytes.len();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
+            b';' if parameters_at == bytes.len() => parameters_at = i,
             b'\\' => return Err(PathError::Backslash),
             b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
             b'%' => {
@@ -147,8 +166,7 @@ fn check_segment(raw: &str) -> Result<(), PathError> {
         i += 1;
     }
     // Servers that honour path parameters (`/..;x/`) see the part before ';' as the segment.
-    let meaningful = raw.split(';').next().unwrap_or(raw);
-    if is_dot_segment(meaningful) {
+    if is_dot_segment(&raw[..parameters_at]) {
         return Err(PathError::DotSegment);
     }
     if has_escape {
@@ -157,7 +175,7 @@ fn check_segment(raw: &str) -> Result<(), PathError> {
             return Err(PathError::NotUtf8);
         }
     }
-    Ok(())
+    Ok(has_escape)
 }
 
 fn is_dot_segment(raw: &str) -> bool {
@@ -210,15 +228,32 @@ impl Iterator for Decoded<'_> {
     }
 }
 
-/// Compares a raw segment, decoded, with a literal, ignoring ASCII case.
-fn segment_eq(raw: &str, literal: &str) -> bool {
-    let mut decoded = Decoded::new(raw);
-    let mut literal = literal.bytes();
-    loop {
-        match (decoded.next(), literal.next()) {
-            (None, None) => return true,
-            (Some(a), Some(b)) if a.eq_ignore_ascii_case(&b) => {}
-            _ => return false,
+/// Orders a lower-case key against a raw (unescaped) segment as if the segment were lower-cased.
+fn compare_lowercase(key: &str, raw: &str) -> std::cmp::Ordering {
+    key.bytes().cmp(raw.bytes().map(|b| b.to_ascii_lowercase()))
+}
+
+/// Compares a raw segment, decoded, with a literal, ignoring ASCII case. `maybe_escaped` false
+/// promises the segment holds no '%'.
+fn segment_eq(raw: &str, maybe_escaped: bool, literal: &str) -> bool {
+    // Decoding only shortens a segment, and a checked raw '%' always starts an escape (a literal
+    // never holds one followed by two hex digits): equal lengths compare as plain text, a
+    // shorter raw segment cannot match, and only a longer one with escapes needs decoding.
+    match raw.len().cmp(&literal.len()) {
+        std::cmp::Ordering::Equal => raw.eq_ignore_ascii_case(literal),
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Greater => {
+            maybe_escaped && raw.contains('%') && {
+                let mut decoded = Decoded::new(raw);
+                let mut literal = literal.bytes();
+                loop {
+                    match (decoded.next(), literal.next()) {
+                        (None, None) => break true,
+                        (Some(a), Some(b)) if a.eq_ignore_ascii_case(&b) => {}
+                        _ => break false,
+                    }
+                }
+            }
         }
     }
 }
@@ -293,34 +328,63 @@ impl Pattern {
         })
     }
 
-    pub fn matches(&self, segments: &[&str]) -> bool {
-        match_parts(&self.parts, segments)
+    pub fn matches(&self, segments: &Segments<'_>) -> bool {
+        match_parts(&self.parts, segments.as_slice(), segments.escaped)
     }
 }
 
-fn match_parts(parts: &[Part], segments: &[&str]) -> bool {
+/// `escaped` bit i: `segments[i]` holds escapes.
+fn match_parts(parts: &[Part], segments: &[&str], escaped: u32) -> bool {
     match parts.split_first() {
         None => segments.is_empty(),
-        Some((Part::Literal(literal), rest)) => segments
-            .split_first()
-            .is_some_and(|(first, tail)| segment_eq(first, literal) && match_parts(rest, tail)),
+        Some((Part::Literal(literal), rest)) => {
+            segments.split_first().is_some_and(|(first, tail)| {
+                segment_eq(first, escaped & 1 != 0, literal)
+                    && match_parts(rest, tail, escaped >> 1)
+            })
+        }
         Some((Part::One, rest)) => segments
             .split_first()
-            .is_some_and(|(_, tail)| match_parts(rest, tail)),
+            .is_some_and(|(_, tail)| match_parts(rest, tail, escaped >> 1)),
         Some((Part::Any, [])) => true,
         // `**` is followed by a literal: try each place that literal could start.
-        Some((Part::Any, rest)) => {
-            (0..=segments.len()).any(|skip| match_parts(rest, &segments[skip..]))
-        }
+        Some((Part::Any, rest)) => (0..=segments.len()).any(|skip| {
+            let escaped = u32::try_from(skip)
+                .ok()
+                .and_then(|skip| escaped.checked_shr(skip))
+                .unwrap_or(0);
+            match_parts(rest, &segments[skip..], escaped)
+        }),
     }
 }
 
-/// Which methods a rule admits.
+/// Methods with a bit of their own; anything else is compared by name.
+const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+
+/// Which methods a rule admits: a bit set of the common methods, plus extension methods by name.
+/// Names compare ignoring case, so `get` cannot slip past a rule written for `GET`.
 #[derive(Debug, Clone)]
-pub enum Methods {
-    Any,
-    /// Upper-cased names; requests are compared ignoring case, so `get` cannot slip past `GET`.
-    Only(Box<[Box<str>]>),
+pub struct Methods {
+    any: bool,
+    known: u8,
+    others: Box<[Box<str>]>,
+}
+
+/// A request's method, classified once per request rather than once per rule.
+pub struct RequestMethod<'a> {
+    bit: u8,
+    name: &'a str,
+}
+
+impl<'a> RequestMethod<'a> {
+    pub fn new(method: &'a Method) -> Self {
+        let name = method.as_str();
+        let bit = KNOWN_METHODS
+            .iter()
+            .position(|known| known.eq_ignore_ascii_case(name))
+            .map_or(0, |i| 1u8 << i);
+        Self { bit, name }
+    }
 }
 
 impl Methods {
@@ -330,10 +394,15 @@ impl Methods {
                 "methods must name at least one method, or \"*\"".into(),
             ));
         }
-        if names.iter().any(|m| m == "*") {
-            return Ok(Methods::Any);
+        let mut methods = Methods {
+            any: names.iter().any(|m| m == "*"),
+            known: 0,
+            others: Box::default(),
+        };
+        if methods.any {
+            return Ok(methods);
         }
-        let mut out = Vec::with_capacity(names.len());
+        let mut others = Vec::new();
         for name in names {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphabetic()) {
                 return Err(PatternError(format!("`{name}` is not an HTTP method")));
@@ -342,18 +411,23 @@ impl Methods {
             if upper == "CONNECT" || upper == "TRACE" {
                 return Err(PatternError(format!("{upper} is never forwarded")));
             }
-            out.push(upper.into_boxed_str());
+            match KNOWN_METHODS.iter().position(|known| *known == upper) {
+                Some(i) => methods.known |= 1 << i,
+                None => others.push(upper.into_boxed_str()),
+            }
         }
-        Ok(Methods::Only(out.into_boxed_slice()))
+        methods.others = others.into_boxed_slice();
+        Ok(methods)
     }
 
-    fn admits(&self, method: &Method) -> bool {
-        match self {
-            Methods::Any => true,
-            Methods::Only(names) => names
-                .iter()
-                .any(|name| name.eq_ignore_ascii_case(method.as_str())),
-        }
+    fn admits(&self, method: &RequestMethod<'_>) -> bool {
+        self.any
+            || self.known & method.bit != 0
+            || (method.bit == 0
+                && self
+                    .others
+                    .iter()
+                    .any(|name| name.eq_ignore_ascii_case(method.name)))
     }
 }
 
@@ -380,23 +454,78 @@ impl Rule {
 }
 
 /// A client's rules; the first that admits a request wins.
+///
+/// Rules are indexed by their first segment when it is a literal (an organization name, mostly),
+/// so a request is tried only against the rules that can match it: a binary search and a few
+/// comparisons instead of a pass over every rule.
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
     rules: Box<[Rule]>,
+    /// Lower-cased first literal, and the rules that start with it, in rule order.
+    anchored: Box<[(Box<str>, Box<[usize]>)]>,
+    /// Rules starting with `*` or `**`, or matching only `/`, in rule order.
+    unanchored: Box<[usize]>,
 }
 
 impl Allowlist {
     pub fn new(rules: Vec<Rule>) -> Self {
+        let mut anchored: Vec<(Box<str>, Vec<usize>)> = Vec::new();
+        let mut unanchored = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            match rule.pattern.parts.first() {
+                Some(Part::Literal(first)) => {
+                    let key = first.to_ascii_lowercase();
+                    match anchored.iter_mut().find(|(k, _)| **k == *key) {
+                        Some((_, indices)) => indices.push(index),
+                        None => anchored.push((key.into_boxed_str(), vec![index])),
+                    }
+                }
+                _ => unanchored.push(index),
+            }
+        }
+        anchored.sort_by(|a, b| a.0.cmp(&b.0));
         Self {
             rules: rules.into_boxed_slice(),
+            anchored: anchored
+                .into_iter()
+                .map(|(key, indices)| (key, indices.into_boxed_slice()))
+                .collect(),
+            unanchored: unanchored.into_boxed_slice(),
         }
     }
 
     /// The index of the first rule that admits the request.
-    pub fn find(&self, method: &Method, segments: &[&str]) -> Option<usize> {
-        self.rules
-            .iter()
-            .position(|rule| rule.methods.admits(method) && rule.pattern.matches(segments))
+    pub fn find(&self, method: &Method, segments: &Segments<'_>) -> Option<usize> {
+        let method = RequestMethod::new(method);
+        let admits = |index: &usize| {
+            let rule = &self.rules[*index];
+            rule.methods.admits(&method) && rule.pattern.matches(segments)
+        };
+        let anchored: &[usize] = match segments.as_slice().first() {
+            // Escaped first segments are rare: compare them the slow way, against every rule.
+            Some(_) if segments.escaped & 1 != 0 => return (0..self.rules.len()).find(admits),
+            Some(first) => self
+                .anchored
+                .binary_search_by(|(key, _)| compare_lowercase(key, first))
+                .map_or(&[], |at| &self.anchored[at].1),
+            None => &[],
+        };
+        // Both lists are in rule order; walk them merged so the first matching rule wins.
+        let (mut a, mut u) = (
+            anchored.iter().peekable(),
+            self.unanchored.iter().peekable(),
+        );
+        loop {
+            let next = match (a.peek(), u.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(_), Some(_)) | (None, Some(_)) => u.next(),
+                (Some(_), None) => a.next(),
+                (None, None) => return None,
+            };
+            if let Some(index) = next.filter(|index| admits(index)) {
+                return Some(*index);
+            }
+        }
     }
 
     pub fn rule(&self, index: usize) -> Option<&Rule> {
@@ -411,8 +540,8 @@ impl Allowlist {
         query: Option<&str>,
     ) -> Option<usize> {
         match path.git_push_preflight(method, query) {
-            Some(push) => self.find(&Method::POST, push.as_slice()),
-            None => self.find(method, path.as_slice()),
+            Some(push) => self.find(&Method::POST, &push),
+            None => self.find(method, path),
         }
     }
 }
