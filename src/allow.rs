@@ -453,6 +453,9 @@ impl Rule {
     }
 }
 
+/// A lower-cased first literal and the rules that start with it, in rule order.
+type Anchor = (Box<str>, Box<[usize]>);
+
 /// A client's rules; the first that admits a request wins.
 ///
 /// Rules are indexed by their first segment when it is a literal (an organization name, mostly),
@@ -461,8 +464,8 @@ impl Rule {
 #[derive(Debug, Clone, Default)]
 pub struct Allowlist {
     rules: Box<[Rule]>,
-    /// Lower-cased first literal, and the rules that start with it, in rule order.
-    anchored: Box<[(Box<str>, Box<[usize]>)]>,
+    /// Sorted by the lower-cased first literal.
+    anchored: Box<[Anchor]>,
     /// Rules starting with `*` or `**`, or matching only `/`, in rule order.
     unanchored: Box<[usize]>,
 }
