@@ -9,54 +9,44 @@
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// RFC 9110 §7.6.1, plus the non-standard ones clients still send.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
-const CLIENT_ONLY: [HeaderName; 9] = [
-    header::AUTHORIZATION,
-    header::COOKIE,
-    header::FORWARDED,
-    // The proxy answers `Expect: 100-continue` itself; the upstream client cannot wait for one.
-    header::EXPECT,
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
-    HeaderName::from_static("x-http-method-override"),
-    HeaderName::from_static("x-http-method"),
-    HeaderName::from_static("x-method-override"),
-];
-
-const FORWARDING_PREFIX: &str = "x-forwarded-";
+/// Headers of the client that must not reach Azure DevOps: credentials, and anything that would
+/// let a client steer the upstream. (`Authorization` and `Host` are replaced, not removed.)
+fn is_client_only(name: &str) -> bool {
+    matches!(
+        name,
+        "cookie"
+            | "forwarded"
+            // The proxy answers `Expect: 100-continue` itself; the upstream client cannot wait.
+            | "expect"
+            | "x-original-url"
+            | "x-rewrite-url"
+            | "x-http-method-override"
+            | "x-http-method"
+            | "x-method-override"
+    ) || name.starts_with("x-forwarded-")
+}
 
 static FED_AUTH_REDIRECT: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
 
 /// Rewrites a client's request headers into what Azure DevOps may see.
 pub fn prepare_request(headers: &mut HeaderMap, host: &HeaderValue, bearer: HeaderValue) {
-    remove_hop_by_hop(headers);
-    for name in &CLIENT_ONLY {
-        headers.remove(name);
-    }
-    if headers
-        .keys()
-        .any(|name| name.as_str().starts_with(FORWARDING_PREFIX))
-    {
-        let forwarding: Vec<HeaderName> = headers
-            .keys()
-            .filter(|name| name.as_str().starts_with(FORWARDING_PREFIX))
-            .cloned()
-            .collect();
-        for name in forwarding {
-            headers.remove(name);
-        }
-    }
+    remove(headers, |name| is_hop_by_hop(name) || is_client_only(name));
+    // `insert` replaces every value of a name, so no second credential or host survives.
     headers.insert(header::HOST, host.clone());
     headers.insert(header::AUTHORIZATION, bearer);
     // Makes Azure DevOps answer a refused token with 401 instead of a 302 to its sign-in page.
@@ -68,24 +58,26 @@ pub fn prepare_request(headers: &mut HeaderMap, host: &HeaderValue, bearer: Head
 
 /// Rewrites Azure DevOps' response headers into what the client may see.
 pub fn prepare_response(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
-    headers.remove(header::SET_COOKIE);
+    remove(headers, |name| is_hop_by_hop(name) || name == "set-cookie");
 }
 
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+/// Removes the headers `doomed` picks and those named in `Connection`, in one pass over the
+/// names present; allocates only when there is something to remove.
+fn remove(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
+    let mut names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| doomed(name.as_str()))
+        .cloned()
+        .collect();
+    names.extend(
+        headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
+    );
+    for name in names {
         headers.remove(name);
     }
 }
