@@ -34,29 +34,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await;
     devops.create_repo("contoso", "web", "web");
 
-    let cfg = entra.config();
     let config = Config::from_toml(&format!(
-        r#"
-        [listen]
-        address = "{proxy_address}"
-        [admin]
-        address = "{admin_address}"
-        [upstream]
-        url = "{upstream}"
-        [identities.default]
-        tenant_id = "{tenant}"
-        client_id = "{client}"
-        authority = "{authority}"
-        credential = {{ kind = "client_secret", secret = "{secret}" }}
-        [inbound]
-        mode = "open"
-        allow = [{{ methods = ["*"], path = "/**" }}]
-        "#,
+        "[listen]\naddress = \"{proxy_address}\"\n[admin]\naddress = \"{admin_address}\"\n\
+         [upstream]\nurl = \"{upstream}\"\n{identity}\n\
+         [inbound]\nmode = \"open\"\nallow = [{{ methods = [\"*\"], path = \"/**\" }}]\n",
         upstream = devops.url(),
-        tenant = cfg.tenant_id,
-        client = cfg.client_id,
-        authority = entra.authority(),
-        secret = cfg.client_secret,
+        identity = entra.identity_toml(None),
     ))?;
     let app = App::build(config).await?;
     let (proxy, admin) = (app.proxy_addr(), app.admin_addr());

@@ -61,31 +61,15 @@ impl Fakes {
             format!("{}\n", self.entra.config().client_secret),
         )
         .expect("write secret");
-        let cfg = self.entra.config();
         let path = self.dir.path().join("proxy.toml");
         std::fs::write(
             &path,
             format!(
-                r#"
-                [listen]
-                address = "127.0.0.1:{proxy_port}"
-                [admin]
-                address = "127.0.0.1:{admin_port}"
-                [upstream]
-                url = "{upstream}"
-                [identities.default]
-                tenant_id = "{tenant}"
-                client_id = "{client}"
-                authority = "{authority}"
-                credential = {{ kind = "client_secret", secret_file = "{secret_file}" }}
-                {access}
-                "#,
-                access = crate::harness::OPEN_ALLOW_ALL,
+                "[listen]\naddress = \"127.0.0.1:{proxy_port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+                 [upstream]\nurl = \"{upstream}\"\n{identity}\n{access}",
                 upstream = self.devops.url(),
-                tenant = cfg.tenant_id,
-                client = cfg.client_id,
-                authority = self.entra.authority(),
-                secret_file = secret_file.display(),
+                identity = self.entra.identity_toml(Some(&secret_file)),
+                access = crate::harness::OPEN_ALLOW_ALL,
             ),
         )
         .expect("write config");

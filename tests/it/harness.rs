@@ -31,7 +31,6 @@ pub struct Options {
     pub token_lifetime_secs: Option<u64>,
     /// Extra TOML appended to the generated config (e.g. `[upstream]` timeouts).
     pub upstream_toml: String,
-    pub listen_toml: String,
     /// Start the proxy without waiting for its first token.
     pub no_wait: bool,
     /// How the fake Entra ID answers from the start.
@@ -71,35 +70,16 @@ impl Stack {
     }
 
     pub fn config_toml(entra: &FakeEntra, upstream_url: &str, options: &Options) -> String {
-        let cfg = entra.config();
         format!(
-            r#"
-            [listen]
-            address = "127.0.0.1:0"
-            {listen}
-            [admin]
-            address = "127.0.0.1:0"
-            [upstream]
-            url = "{upstream_url}"
-            {upstream}
-            [identities.default]
-            tenant_id = "{tenant}"
-            client_id = "{client}"
-            authority = "{authority}"
-            credential = {{ kind = "client_secret", secret = "{secret}" }}
-            {access}
-            "#,
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{upstream_url}\"\n{upstream}\n{identity}\n{access}",
+            upstream = options.upstream_toml,
+            identity = entra.identity_toml(None),
             access = if options.access_toml.is_empty() {
                 OPEN_ALLOW_ALL
             } else {
                 &options.access_toml
             },
-            listen = options.listen_toml,
-            upstream = options.upstream_toml,
-            tenant = cfg.tenant_id,
-            client = cfg.client_id,
-            authority = entra.authority(),
-            secret = cfg.client_secret,
         )
     }
 

@@ -128,6 +128,23 @@ impl FakeEntra {
         self.state.lifetime.store(secs, Ordering::SeqCst);
     }
 
+    /// The `[identities.default]` table that points ado-auth-proxy at this fake, with the client
+    /// secret inline or, as an operator would deploy it, read from `secret_file`.
+    pub fn identity_toml(&self, secret_file: Option<&std::path::Path>) -> String {
+        let cfg = &self.state.cfg;
+        let credential = match secret_file {
+            Some(file) => format!("secret_file = \"{}\"", file.display()),
+            None => format!("secret = \"{}\"", cfg.client_secret),
+        };
+        format!(
+            "[identities.default]\ntenant_id = \"{}\"\nclient_id = \"{}\"\nauthority = \"{}\"\n\
+             credential = {{ kind = \"client_secret\", {credential} }}\n",
+            cfg.tenant_id,
+            cfg.client_id,
+            self.authority(),
+        )
+    }
+
     pub fn last_form(&self) -> Option<Vec<(String, String)>> {
         self.state.last_form.lock().expect("form lock").clone()
     }
