@@ -19,15 +19,12 @@ ARG RUST_VERSION=1
 FROM rust:${RUST_VERSION}-slim-bookworm AS builder
 WORKDIR /src
 
-# Dependency layer: re-downloaded only when Cargo.toml or Cargo.lock change.
-COPY Cargo.toml Cargo.lock ./
-RUN cargo fetch --locked
-
-# Compile. The target/ cache mount (BuildKit) keeps compiled dependencies between builds; the
-# binary is copied out of it because cache mounts are not part of the image.
+# Cache mounts (BuildKit) keep the crate registry and compiled dependencies between builds; the
+# binary is copied out of the target cache because cache mounts are not part of the image.
 COPY . .
-RUN --mount=type=cache,target=/src/target,sharing=locked \
-    cargo build --release --locked --offline --bin ado-auth-proxy \
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target,sharing=locked \
+    cargo build --release --locked --bin ado-auth-proxy \
  && install -D -m 0755 target/release/ado-auth-proxy /out/ado-auth-proxy
 
 # ---------------------------------------------------------------------------------------------
