@@ -69,13 +69,16 @@ impl BatchedStderr {
 }
 
 fn flush_loop(shared: &Shared) {
+    // Two buffers swap places, so steady logging never reallocates or frees a batch.
+    let mut spare = Vec::with_capacity(BATCH_BYTES * 2);
     let mut batch = shared.lock();
     loop {
         let closed = batch.closed;
-        let bytes = mem::take(&mut batch.bytes);
+        mem::swap(&mut batch.bytes, &mut spare);
         drop(batch);
-        if !bytes.is_empty() {
-            write_out(&bytes);
+        if !spare.is_empty() {
+            write_out(&spare);
+            spare.clear();
         }
         if closed {
             return;
@@ -109,6 +112,9 @@ impl Write for BatchHandle<'_> {
             drop(batch);
             write_out(bytes);
             return Ok(bytes.len());
+        }
+        if batch.bytes.capacity() == 0 {
+            batch.bytes.reserve(BATCH_BYTES * 2);
         }
         batch.bytes.extend_from_slice(bytes);
         if batch.bytes.len() >= BATCH_BYTES {
