@@ -20,6 +20,31 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
+/// What serves one request: any `Fn(Request) -> impl Future<Output = Response>` whose body
+/// streams bytes, named once here instead of in every function's bounds.
+pub trait Handler: Clone + Send + Sync + 'static {
+    type Body: Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static;
+    type Future: Future<Output = Response<Self::Body>> + Send + 'static;
+    fn call(&self, request: Request<Incoming>) -> Self::Future;
+}
+
+impl<H, F, B> Handler for H
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + 'static,
+{
+    type Body = B;
+    type Future = F;
+    fn call(&self, request: Request<Incoming>) -> F {
+        self(request)
+    }
+}
+
 #[derive(Clone)]
 pub struct ServeOptions {
     pub header_read_timeout: Duration,
@@ -89,16 +114,11 @@ pub async fn accept_for_workers(
 }
 
 /// Serves the connections a worker is dealt until the acceptor stops, then drains.
-pub async fn serve_dealt<H, F, B>(
+pub async fn serve_dealt<H: Handler>(
     mut connections: mpsc::UnboundedReceiver<Accepted>,
     options: ServeOptions,
     handler: H,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let server = ConnectionServer::new(&options);
     while let Some(Accepted { stream, slot }) = connections.recv().await {
         match TcpStream::from_std(stream) {
@@ -110,18 +130,13 @@ pub async fn serve_dealt<H, F, B>(
 }
 
 /// Accepts and serves `listener` on the current runtime until `shutdown`, then drains.
-pub async fn serve<H, F, B>(
+pub async fn serve<H: Handler>(
     listener: TcpListener,
     options: ServeOptions,
     max_connections: usize,
     handler: H,
     shutdown: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
-    B: Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) {
     let server = ConnectionServer::new(&options);
     accept_loop(listener, max_connections, shutdown, |stream, slot| {
         server.spawn(stream, slot, handler.clone());
@@ -151,15 +166,9 @@ impl ConnectionServer {
         }
     }
 
-    fn spawn<H, F, B>(&self, stream: TcpStream, slot: OwnedSemaphorePermit, handler: H)
-    where
-        H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-        F: Future<Output = Response<B>> + Send + 'static,
-        B: Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    fn spawn<H: Handler>(&self, stream: TcpStream, slot: OwnedSemaphorePermit, handler: H) {
         let service = service_fn(move |request| {
-            let response = handler(request);
+            let response = handler.call(request);
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = self
