@@ -168,10 +168,6 @@ impl Exchange {
         self.rule = Some(index);
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
-    }
-
     pub fn set_upstream_time(&mut self, elapsed: Duration) {
         self.upstream_time = Some(elapsed);
     }

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
             Command::Run => run(config).await,
             Command::Check => check(config).await,
             Command::Healthcheck => healthcheck(config).await,
+            // Answered above, before any configuration is needed.
             Command::Keys(_) => ExitCode::SUCCESS,
         }
     })

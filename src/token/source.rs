@@ -79,10 +79,6 @@ impl TokenSource {
         }
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
-    }
-
     pub async fn fetch(&self) -> Result<IssuedToken, FetchError> {
         let Credential::ClientSecret(source) = &self.identity.credential;
         let secret = read_secret(source).await?;
