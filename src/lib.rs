@@ -296,12 +296,12 @@ impl Worker {
 /// The client name open-mode requests are logged and counted under.
 pub const OPEN_CLIENT: &str = "open";
 
-/// The `Host` values that name the listener itself: its address, and `localhost` with its port
-/// when it listens on loopback, plus what the operator added.
+/// The `Host` values that name the listener itself: its address, and the loopback names with its
+/// port when it listens on loopback or on every address, plus what the operator added.
 fn own_host_names(bound: SocketAddr, extra: &[String]) -> Box<[http::HeaderValue]> {
     let port = bound.port();
     let mut names = vec![bound.to_string()];
-    if bound.ip().is_loopback() {
+    if bound.ip().is_loopback() || bound.ip().is_unspecified() {
         names.extend([
             format!("localhost:{port}"),
             format!("127.0.0.1:{port}"),

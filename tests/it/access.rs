@@ -268,3 +268,37 @@ async fn open_mode_refuses_foreign_hosts_and_browsers() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn open_mode_beyond_loopback_needs_the_opt_in_accepts_its_own_names_and_warns() {
+    let stack = Stack::start_with(Options {
+        listen_toml: "address = \"0.0.0.0:0\"".into(),
+        access_toml: format!(
+            "{}allow_open_on_non_loopback = true\nallowed_hosts = [\"ado-proxy.internal:8080\"]\n",
+            crate::harness::OPEN_ALLOW_ALL
+        ),
+        ..Options::default()
+    })
+    .await;
+    let port = stack.proxy.port();
+    let url = format!("http://127.0.0.1:{port}/contoso/_apis/projects");
+    let own = support::get(&url, &[]).await;
+    assert_eq!(
+        own.status,
+        200,
+        "a listener on 0.0.0.0 still answers its loopback names: {}",
+        own.text()
+    );
+    let configured = support::get(&url, &[("host", "ado-proxy.internal:8080")]).await;
+    assert_eq!(configured.status, 200, "inbound.allowed_hosts");
+    let foreign = support::get(&url, &[("host", "attacker.example:8080")]).await;
+    assert_eq!(foreign.status, 403);
+    let ready = stack.readyz().await;
+    assert!(
+        ready.json()["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("open mode")),
+        "{}",
+        ready.text()
+    );
+}

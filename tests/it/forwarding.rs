@@ -267,3 +267,39 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
         "the listener is closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    let stack = Stack::start_with(Options {
+        listen_toml: "header_read_timeout = \"300ms\"".into(),
+        ..Options::default()
+    })
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /contoso/_apis/projects HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "the connection is closed, not left hanging");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(250));
+    assert!(stack.devops.requests().is_empty());
+    // Idle keep-alive connections are closed by the same timer.
+    let mut idle = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    let closed = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        idle.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "an idle connection is closed");
+}

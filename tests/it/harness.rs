@@ -31,6 +31,8 @@ pub struct Options {
     pub token_lifetime_secs: Option<u64>,
     /// Extra TOML appended to the generated config (e.g. `[upstream]` timeouts).
     pub upstream_toml: String,
+    /// Extra `[listen]` keys; `address` defaults to 127.0.0.1:0.
+    pub listen_toml: String,
     /// Start the proxy without waiting for its first token.
     pub no_wait: bool,
     /// How the fake Entra ID answers from the start.
@@ -71,8 +73,13 @@ impl Stack {
 
     pub fn config_toml(entra: &FakeEntra, upstream_url: &str, options: &Options) -> String {
         format!(
-            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+            "[listen]\n{listen}\n[admin]\naddress = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"{upstream_url}\"\n{upstream}\n{identity}\n{access}",
+            listen = if options.listen_toml.contains("address") {
+                options.listen_toml.clone()
+            } else {
+                format!("address = \"127.0.0.1:0\"\n{}", options.listen_toml)
+            },
             upstream = options.upstream_toml,
             identity = entra.identity_toml(None),
             access = if options.access_toml.is_empty() {
