@@ -303,3 +303,42 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     .await;
     assert!(closed.is_ok(), "an idle connection is closed");
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start_with(Options {
+        listen_toml: "max_connections = 1".into(),
+        ..Options::default()
+    })
+    .await;
+    let first = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    // Give the acceptor time to take the only slot.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let mut second = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("kernel backlog");
+    let request = format!(
+        "GET /contoso/_apis/projects HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        stack.proxy
+    );
+    second.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    let waited = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        second.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(waited.is_err(), "no answer while the only slot is taken");
+    drop(first);
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        second.read_to_end(&mut answer),
+    )
+    .await
+    .expect("served once the slot is free")
+    .expect("read");
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
