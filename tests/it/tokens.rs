@@ -187,14 +187,22 @@ async fn readyz_and_metrics_report_token_state_without_the_token() {
         metrics.contains(r#"ado_auth_proxy_token_expiry_seconds{identity="default"} "#),
         "{metrics}"
     );
-    let token = stack
-        .devops
-        .requests()
-        .first()
-        .map(|r| r.headers["authorization"].clone());
-    assert!(token.is_none(), "no request forwarded yet");
+    // The token in use, as Azure DevOps received it, appears in neither.
+    assert_eq!(
+        support::get(&stack.url("/contoso/_apis/projects"), &[])
+            .await
+            .status,
+        200
+    );
+    let sent = stack.devops.requests()[0].headers["authorization"].clone();
+    let token = sent.to_str().expect("ascii").trim_start_matches("Bearer ");
+    let (ready, metrics) = (stack.readyz().await.text(), stack.metrics().await);
     assert!(
-        !ready.text().contains("eyJ") && !metrics.contains("eyJ"),
+        !ready.contains(token) && !metrics.contains(token),
+        "the token leaked"
+    );
+    assert!(
+        !ready.contains("eyJ") && !metrics.contains("eyJ"),
         "a JWT leaked"
     );
     assert_eq!(
