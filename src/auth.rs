@@ -22,7 +22,6 @@ const MAX_KEY_BYTES: usize = 256;
 /// A configured client, with everything the request path needs about it.
 pub struct Client {
     pub name: Arc<str>,
-    key_sha256: [u8; 32],
     pub allow: Allowlist,
     pub token: Arc<TokenCache>,
     pub metrics: ClientMetrics,
@@ -31,14 +30,12 @@ pub struct Client {
 impl Client {
     pub fn new(
         name: &str,
-        key_sha256: [u8; 32],
         allow: Allowlist,
         token: Arc<TokenCache>,
         metrics: ClientMetrics,
     ) -> Self {
         Self {
             name: name.into(),
-            key_sha256,
             allow,
             token,
             metrics,
@@ -71,8 +68,9 @@ impl Unauthenticated {
 }
 
 pub enum Mode {
+    /// Each client with the SHA-256 of its key.
     Keys {
-        clients: Box<[Arc<Client>]>,
+        clients: Box<[([u8; 32], Arc<Client>)]>,
     },
     /// No key: every local caller acts as `client`, but only with one of the listener's own host
     /// names, so a DNS-rebinding web page cannot reach it.
@@ -122,7 +120,7 @@ impl Authenticator {
 }
 
 fn find_client(
-    clients: &[Arc<Client>],
+    clients: &[([u8; 32], Arc<Client>)],
     headers: &HeaderMap,
 ) -> Result<Arc<Client>, Unauthenticated> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
@@ -134,13 +132,13 @@ fn find_client(
         with_presented_key(value.as_bytes(), keys::sha256).ok_or(Unauthenticated::Malformed)?;
     // One full pass over every client, whatever matches, with constant-time comparisons.
     let mut found = u32::MAX;
-    for (index, client) in clients.iter().enumerate() {
+    for (index, (key_sha256, _)) in clients.iter().enumerate() {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
-        found = u32::conditional_select(&found, &index, client.key_sha256.ct_eq(&hash));
+        found = u32::conditional_select(&found, &index, key_sha256.ct_eq(&hash));
     }
     clients
         .get(found as usize)
-        .cloned()
+        .map(|(_, client)| client.clone())
         .ok_or(Unauthenticated::Unknown)
 }
 

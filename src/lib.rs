@@ -115,20 +115,19 @@ impl App {
                     .clients
                     .iter()
                     .map(|c| {
-                        Arc::new(auth::Client::new(
+                        let client = auth::Client::new(
                             &c.name,
-                            c.key_sha256,
                             c.allow.clone(),
                             token_of(&c.identity),
                             metrics.client(&c.name),
-                        ))
+                        );
+                        (c.key_sha256, Arc::new(client))
                     })
                     .collect(),
             },
             InboundMode::Open { allow } => auth::Mode::Open {
                 client: Arc::new(auth::Client::new(
                     OPEN_CLIENT,
-                    [0; 32],
                     allow.clone(),
                     token_of(DEFAULT_IDENTITY),
                     metrics.client(OPEN_CLIENT),
