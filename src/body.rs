@@ -1,7 +1,8 @@
 //! Bodies that stream through the proxy, frame by frame, and the per-request record that is
 //! written when the response body ends.
 //!
-//! Nothing here buffers a body. A failure mid-stream is passed on as an error, never as a clean
+//! Nothing here buffers a body (the proxy keeps small request bodies whole for a replay; see
+//! `proxy`). A failure mid-stream is passed on as an error, never as a clean
 //! end: hyper then aborts the other side, so a truncated packfile never looks complete and a
 //! half-sent push never completes upstream.
 
@@ -52,20 +53,29 @@ impl fmt::Display for RequestId {
     }
 }
 
-/// The request body on its way upstream; its errors mean the client went away mid-upload.
-pub struct UploadBody {
-    inner: Incoming,
-    received: Arc<AtomicU64>,
-    metrics: Arc<Metrics>,
+/// The request body on its way upstream: streamed from the client (its errors mean the client went
+/// away mid-upload), or a small body read whole beforehand so the request can be replayed.
+pub enum UploadBody {
+    Streaming {
+        inner: Incoming,
+        received: Arc<AtomicU64>,
+        metrics: Arc<Metrics>,
+    },
+    Kept(Option<Bytes>),
 }
 
 impl UploadBody {
-    pub fn new(inner: Incoming, received: Arc<AtomicU64>, metrics: Arc<Metrics>) -> Self {
-        Self {
+    pub fn streaming(inner: Incoming, received: Arc<AtomicU64>, metrics: Arc<Metrics>) -> Self {
+        Self::Streaming {
             inner,
             received,
             metrics,
         }
+    }
+
+    /// A body already read (and counted) whole; cheap to clone for a replay.
+    pub fn kept(body: Bytes) -> Self {
+        Self::Kept((!body.is_empty()).then_some(body))
     }
 }
 
@@ -79,16 +89,24 @@ impl Body for UploadBody {
     type Error = ClientBodyError;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let (inner, received, metrics) = match self.get_mut() {
+            UploadBody::Kept(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            UploadBody::Streaming {
+                inner,
+                received,
+                metrics,
+            } => (inner, received, metrics),
+        };
+        let frame = ready!(Pin::new(inner).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
-                    self.received.fetch_add(len, Ordering::Relaxed);
-                    self.metrics.request_bytes.inc_by(len);
+                    received.fetch_add(len, Ordering::Relaxed);
+                    metrics.request_bytes.inc_by(len);
                 }
                 Some(Ok(frame))
             }
@@ -98,11 +116,19 @@ impl Body for UploadBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            UploadBody::Streaming { inner, .. } => inner.is_end_stream(),
+            UploadBody::Kept(data) => data.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            UploadBody::Streaming { inner, .. } => inner.size_hint(),
+            UploadBody::Kept(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
     }
 }
 
@@ -168,8 +194,9 @@ impl Exchange {
         self.rule = Some(index);
     }
 
-    pub fn set_upstream_time(&mut self, elapsed: Duration) {
-        self.upstream_time = Some(elapsed);
+    /// Time spent waiting for Azure DevOps' answers (summed over a replay).
+    pub fn add_upstream_time(&mut self, elapsed: Duration) {
+        self.upstream_time = Some(self.upstream_time.unwrap_or_default() + elapsed);
     }
 }
 

@@ -101,28 +101,89 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
+    /// Request bodies up to this size are kept so the request can be replayed once with a renewed
+    /// token when Azure DevOps refuses the current one; larger bodies stream without a copy.
+    pub max_replay_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub name: String,
-    pub tenant_id: String,
-    pub client_id: String,
-    /// Scheme and host of the Entra ID authority, without a trailing slash.
-    pub authority: String,
     pub scope: String,
     pub credential: Credential,
 }
 
 impl Identity {
+    /// The app registration's tenant, when the identity is one (managed identities have none).
+    pub fn tenant_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::App { app, .. } => Some(&app.tenant_id),
+            Credential::Managed(_) => None,
+        }
+    }
+
+    pub fn client_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::App { app, .. } => Some(&app.client_id),
+            Credential::Managed(managed) => managed.client_id.as_deref(),
+        }
+    }
+
+    /// The Azure DevOps resource id a managed identity asks for: the scope without `/.default`.
+    pub fn resource(&self) -> &str {
+        self.scope.strip_suffix("/.default").unwrap_or(&self.scope)
+    }
+}
+
+/// How an identity gets its tokens.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// An app registration that proves itself at Entra ID's token endpoint.
+    App { app: EntraApp, proof: Proof },
+    /// A managed identity: the platform's local endpoint hands out tokens, no credential needed.
+    Managed(ManagedIdentity),
+}
+
+impl Credential {
+    /// What kind of credential this is, for `check` and logs.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Credential::App { proof, .. } => match proof {
+                Proof::Secret(_) => "client secret",
+                Proof::Certificate(_) => "client certificate",
+                Proof::Federated(FederatedSource::File(_)) => "workload identity, token file",
+                Proof::Federated(FederatedSource::GitHubActions { .. }) => {
+                    "workload identity, GitHub Actions"
+                }
+            },
+            Credential::Managed(managed) => match managed.protocol {
+                ManagedProtocol::Imds => "managed identity, IMDS",
+                ManagedProtocol::AppService { .. } => "managed identity, App Service",
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct EntraApp {
+    pub tenant_id: String,
+    pub client_id: String,
+    /// Scheme and host of the Entra ID authority, without a trailing slash.
+    pub authority: String,
+}
+
+impl EntraApp {
     pub fn token_endpoint(&self) -> String {
         format!("{}/{}/oauth2/v2.0/token", self.authority, self.tenant_id)
     }
 }
 
+/// What an app registration shows Entra ID to prove it is itself.
 #[derive(Debug, Clone)]
-pub enum Credential {
-    ClientSecret(SecretSource),
+pub enum Proof {
+    Secret(SecretSource),
+    Certificate(CertificateFiles),
+    Federated(FederatedSource),
 }
 
 /// Where a secret lives. A file is read at every token fetch so a rotated Kubernetes secret is used
@@ -132,6 +193,59 @@ pub enum SecretSource {
     File(PathBuf),
     Value(Secret),
 }
+
+/// A certificate registered on the app registration and its private key; read at every token
+/// fetch, so a renewed certificate is used without a restart.
+#[derive(Debug, Clone)]
+pub struct CertificateFiles {
+    /// PEM certificate, optionally followed by its key; or a password-less PKCS#12 file.
+    pub certificate_file: PathBuf,
+    pub private_key_file: Option<PathBuf>,
+    /// Send the certificate itself (`x5c`), for subject-name/issuer authentication.
+    pub send_x5c: bool,
+    pub algorithm: AssertionAlgorithm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssertionAlgorithm {
+    /// RSASSA-PSS with SHA-256: what Entra ID's current documentation asks for.
+    Ps256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256: older tenants and libraries.
+    Rs256,
+}
+
+/// Where a federated token (a JWT from a trusted issuer) comes from, fresh for every exchange.
+#[derive(Debug, Clone)]
+pub enum FederatedSource {
+    /// A projected service-account token that the platform rotates (AKS workload identity).
+    File(PathBuf),
+    /// GitHub Actions' OIDC endpoint of the running job.
+    GitHubActions {
+        request_url: String,
+        request_token: Secret,
+        audience: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ManagedIdentity {
+    /// The full token URL of the platform's endpoint.
+    pub endpoint: String,
+    pub protocol: ManagedProtocol,
+    /// Selects a user-assigned identity; none means the system-assigned one.
+    pub client_id: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ManagedProtocol {
+    /// Azure Instance Metadata Service (VMs, AKS nodes): header `Metadata: true`.
+    Imds,
+    /// App Service, Functions and Container Apps: header `X-IDENTITY-HEADER`.
+    AppService { identity_header: Secret },
+}
+
+pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 // ---- raw, as written by the operator -------------------------------------------------------
 
@@ -228,6 +342,7 @@ struct RawUpstream {
     connect_timeout: DurationValue,
     response_timeout: DurationValue,
     pool_idle_timeout: DurationValue,
+    max_replay_body_bytes: usize,
 }
 
 impl Default for RawUpstream {
@@ -239,6 +354,7 @@ impl Default for RawUpstream {
             // Azure DevOps delays throttled requests by up to 30 s before it answers.
             response_timeout: DurationValue(Duration::from_secs(120)),
             pool_idle_timeout: DurationValue(Duration::from_secs(60)),
+            max_replay_body_bytes: 64 * 1024,
         }
     }
 }
@@ -257,8 +373,34 @@ struct RawIdentity {
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 enum RawCredential {
     ClientSecret {
+        #[serde(default)]
         secret_file: Option<PathBuf>,
+        #[serde(default)]
         secret: Option<Secret>,
+    },
+    ClientCertificate {
+        #[serde(default)]
+        certificate_file: Option<PathBuf>,
+        #[serde(default)]
+        private_key_file: Option<PathBuf>,
+        #[serde(default)]
+        send_x5c: bool,
+        #[serde(default)]
+        algorithm: Option<String>,
+    },
+    WorkloadIdentity {
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        audience: Option<String>,
+    },
+    ManagedIdentity {
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        identity_header: Option<Secret>,
     },
 }
 
@@ -578,6 +720,7 @@ impl Validator<'_> {
             connect_timeout: raw.connect_timeout.0,
             response_timeout: raw.response_timeout.0,
             pool_idle_timeout: raw.pool_idle_timeout.0,
+            max_replay_body_bytes: raw.max_replay_body_bytes,
         })
     }
 
@@ -626,6 +769,7 @@ impl Validator<'_> {
 
     fn identity(&self, name: String, raw: RawIdentity) -> Result<Identity, ConfigError> {
         let is_default = name == DEFAULT_IDENTITY;
+        // The standard Azure variables describe one workload, so they fill the default identity only.
         let from_env = |var: &str| {
             if is_default {
                 Env::var(var).filter(|v| !v.is_empty())
@@ -634,6 +778,83 @@ impl Validator<'_> {
             }
         };
         let key = |field: &str| format!("identities.{name}.{field}");
+        let scope = raw.scope.unwrap_or_else(|| AZURE_DEVOPS_SCOPE.to_string());
+        if scope.is_empty() || scope.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(self.error(
+                &key("scope"),
+                "must be one resource scope such as 499b84ac-1321-427f-aa17-267ca6975798/.default",
+            ));
+        }
+        let credential = match raw.credential {
+            Some(credential) => credential,
+            None => self.credential_from_env(&key("credential"), &from_env)?,
+        };
+        let client_id = raw.client_id.or_else(|| from_env("AZURE_CLIENT_ID"));
+        if let Some(client_id) = &client_id
+            && (client_id.is_empty()
+                || !client_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        {
+            return Err(self.error(
+                &key("client_id"),
+                "must be the application (client) id, a GUID",
+            ));
+        }
+        let proof = match credential {
+            RawCredential::ManagedIdentity {
+                endpoint,
+                identity_header,
+            } => {
+                let managed = self.managed_identity(
+                    &key("credential"),
+                    endpoint,
+                    identity_header,
+                    &from_env,
+                )?;
+                return Ok(Identity {
+                    name,
+                    scope,
+                    credential: Credential::Managed(ManagedIdentity {
+                        client_id,
+                        ..managed
+                    }),
+                });
+            }
+            RawCredential::ClientSecret {
+                secret_file,
+                secret,
+            } => Proof::Secret(self.secret_source(
+                &key("credential"),
+                secret_file,
+                secret.or_else(|| from_env("AZURE_CLIENT_SECRET").map(Secret::new)),
+            )?),
+            RawCredential::ClientCertificate {
+                certificate_file,
+                private_key_file,
+                send_x5c,
+                algorithm,
+            } => Proof::Certificate(
+                self.certificate_files(
+                    &key("credential"),
+                    certificate_file
+                        .or_else(|| from_env("AZURE_CLIENT_CERTIFICATE_PATH").map(PathBuf::from)),
+                    private_key_file,
+                    send_x5c,
+                    algorithm,
+                )?,
+            ),
+            RawCredential::WorkloadIdentity {
+                token_file,
+                source,
+                audience,
+            } => Proof::Federated(self.federated_source(
+                &key("credential"),
+                token_file.or_else(|| from_env("AZURE_FEDERATED_TOKEN_FILE").map(PathBuf::from)),
+                source,
+                audience,
+            )?),
+        };
         let tenant_id = raw
             .tenant_id
             .or_else(|| from_env("AZURE_TENANT_ID"))
@@ -653,25 +874,12 @@ impl Validator<'_> {
                 "must be a tenant GUID or domain (letters, digits, '-' and '.')",
             ));
         }
-        let client_id = raw
-            .client_id
-            .or_else(|| from_env("AZURE_CLIENT_ID"))
-            .ok_or_else(|| {
-                self.error(
-                    &key("client_id"),
-                    "is missing; set it in the file or set AZURE_CLIENT_ID",
-                )
-            })?;
-        if client_id.is_empty()
-            || !client_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Err(self.error(
+        let client_id = client_id.ok_or_else(|| {
+            self.error(
                 &key("client_id"),
-                "must be the application (client) id, a GUID",
-            ));
-        }
+                "is missing; set it in the file or set AZURE_CLIENT_ID",
+            )
+        })?;
         let authority_text = raw
             .authority
             .or_else(|| from_env("AZURE_AUTHORITY_HOST"))
@@ -691,41 +899,64 @@ impl Validator<'_> {
                 .map(|a| a.as_str())
                 .unwrap_or_default()
         );
-        let scope = raw.scope.unwrap_or_else(|| AZURE_DEVOPS_SCOPE.to_string());
-        if scope.is_empty() || scope.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(self.error(
-                &key("scope"),
-                "must be one resource scope such as 499b84ac-1321-427f-aa17-267ca6975798/.default",
-            ));
-        }
-        let credential = match raw.credential {
-            Some(RawCredential::ClientSecret {
-                secret_file,
-                secret,
-            }) => Credential::ClientSecret(self.secret_source(
-                &key("credential"),
-                secret_file,
-                secret.or_else(|| from_env("AZURE_CLIENT_SECRET").map(Secret::new)),
-            )?),
-            None => match from_env("AZURE_CLIENT_SECRET") {
-                Some(secret) => Credential::ClientSecret(SecretSource::Value(Secret::new(secret))),
-                None => {
-                    return Err(self.error(
-                        &key("credential"),
-                        "is missing; set credential = { kind = \"client_secret\", secret_file = \"...\" } \
-                         or set AZURE_CLIENT_SECRET",
-                    ));
-                }
-            },
-        };
         Ok(Identity {
             name,
-            tenant_id,
-            client_id,
-            authority,
             scope,
-            credential,
+            credential: Credential::App {
+                app: EntraApp {
+                    tenant_id,
+                    client_id,
+                    authority,
+                },
+                proof,
+            },
         })
+    }
+
+    /// No `credential` in the file: the variables the Azure SDKs read pick one, in their order.
+    fn credential_from_env(
+        &self,
+        key: &str,
+        from_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<RawCredential, ConfigError> {
+        let credential = if from_env("AZURE_CLIENT_SECRET").is_some() {
+            RawCredential::ClientSecret {
+                secret_file: None,
+                secret: None,
+            }
+        } else if from_env("AZURE_CLIENT_CERTIFICATE_PATH").is_some() {
+            RawCredential::ClientCertificate {
+                certificate_file: None,
+                private_key_file: None,
+                send_x5c: false,
+                algorithm: None,
+            }
+        } else if from_env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+            RawCredential::WorkloadIdentity {
+                token_file: None,
+                source: None,
+                audience: None,
+            }
+        } else if from_env("ACTIONS_ID_TOKEN_REQUEST_URL").is_some() {
+            RawCredential::WorkloadIdentity {
+                token_file: None,
+                source: Some("github_actions".into()),
+                audience: None,
+            }
+        } else if from_env("IDENTITY_ENDPOINT").is_some() {
+            RawCredential::ManagedIdentity {
+                endpoint: None,
+                identity_header: None,
+            }
+        } else {
+            return Err(self.error(
+                key,
+                "is missing; set credential = { kind = \"client_secret\" | \"client_certificate\" | \
+                 \"workload_identity\" | \"managed_identity\", ... } or one of AZURE_CLIENT_SECRET, \
+                 AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE",
+            ));
+        };
+        Ok(credential)
     }
 
     fn secret_source(
@@ -736,12 +967,7 @@ impl Validator<'_> {
     ) -> Result<SecretSource, ConfigError> {
         match (file, value) {
             (Some(file), _) => {
-                if !file.is_file() {
-                    return Err(self.error(
-                        &format!("{key}.secret_file"),
-                        format!("{} does not exist or is not a file", file.display()),
-                    ));
-                }
+                self.existing_file(&format!("{key}.secret_file"), &file)?;
                 Ok(SecretSource::File(file))
             }
             (None, Some(secret)) if !secret.is_empty() => Ok(SecretSource::Value(secret)),
@@ -750,6 +976,165 @@ impl Validator<'_> {
                 "client_secret needs secret_file (preferred) or a secret from the environment \
                  (AZURE_CLIENT_SECRET)",
             )),
+        }
+    }
+
+    fn certificate_files(
+        &self,
+        key: &str,
+        certificate_file: Option<PathBuf>,
+        private_key_file: Option<PathBuf>,
+        send_x5c: bool,
+        algorithm: Option<String>,
+    ) -> Result<CertificateFiles, ConfigError> {
+        let certificate_file = certificate_file.ok_or_else(|| {
+            self.error(
+                &format!("{key}.certificate_file"),
+                "is missing; set it (PEM certificate, optionally with its key, or a password-less \
+                 PKCS#12 file) or set AZURE_CLIENT_CERTIFICATE_PATH",
+            )
+        })?;
+        self.existing_file(&format!("{key}.certificate_file"), &certificate_file)?;
+        if let Some(file) = &private_key_file {
+            self.existing_file(&format!("{key}.private_key_file"), file)?;
+        }
+        let algorithm = match algorithm.as_deref() {
+            None | Some("PS256") => AssertionAlgorithm::Ps256,
+            Some("RS256") => AssertionAlgorithm::Rs256,
+            Some(other) => {
+                return Err(self.error(
+                    &format!("{key}.algorithm"),
+                    format!("`{other}` is not supported; use \"PS256\" (default) or \"RS256\""),
+                ));
+            }
+        };
+        Ok(CertificateFiles {
+            certificate_file,
+            private_key_file,
+            send_x5c,
+            algorithm,
+        })
+    }
+
+    fn federated_source(
+        &self,
+        key: &str,
+        token_file: Option<PathBuf>,
+        source: Option<String>,
+        audience: Option<String>,
+    ) -> Result<FederatedSource, ConfigError> {
+        match source.as_deref() {
+            None | Some("file") => {
+                let file = token_file.ok_or_else(|| {
+                    self.error(
+                        &format!("{key}.token_file"),
+                        "is missing; set it or set AZURE_FEDERATED_TOKEN_FILE (AKS workload \
+                         identity sets it), or use source = \"github_actions\"",
+                    )
+                })?;
+                if audience.is_some() {
+                    return Err(self.error(
+                        &format!("{key}.audience"),
+                        "applies to source = \"github_actions\" only; a token file holds a token \
+                         already issued for its audience",
+                    ));
+                }
+                self.existing_file(&format!("{key}.token_file"), &file)?;
+                Ok(FederatedSource::File(file))
+            }
+            Some("github_actions") => {
+                // The runner sets these for a job with `permissions: id-token: write`.
+                let env = |var: &str| Env::var(var).filter(|v| !v.is_empty());
+                let missing = || {
+                    self.error(
+                        key,
+                        "source = \"github_actions\" needs ACTIONS_ID_TOKEN_REQUEST_URL and \
+                         ACTIONS_ID_TOKEN_REQUEST_TOKEN; give the job `permissions: id-token: write`",
+                    )
+                };
+                let request_url = env("ACTIONS_ID_TOKEN_REQUEST_URL").ok_or_else(missing)?;
+                let request_token = env("ACTIONS_ID_TOKEN_REQUEST_TOKEN").ok_or_else(missing)?;
+                self.http_url("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url)?;
+                Ok(FederatedSource::GitHubActions {
+                    request_url,
+                    request_token: Secret::new(request_token),
+                    audience: audience.unwrap_or_else(|| FEDERATED_AUDIENCE.to_string()),
+                })
+            }
+            Some(other) => Err(self.error(
+                &format!("{key}.source"),
+                format!(
+                    "`{other}` is not a federated token source; use \"file\" or \"github_actions\""
+                ),
+            )),
+        }
+    }
+
+    fn managed_identity(
+        &self,
+        key: &str,
+        endpoint: Option<String>,
+        identity_header: Option<Secret>,
+        from_env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<ManagedIdentity, ConfigError> {
+        // App Service and Container Apps announce their endpoint; everything else has IMDS.
+        let (endpoint, identity_header) = match (endpoint, identity_header) {
+            (Some(endpoint), header) => (endpoint, header),
+            (None, header) => match from_env("IDENTITY_ENDPOINT") {
+                Some(endpoint) => (
+                    endpoint,
+                    header.or_else(|| from_env("IDENTITY_HEADER").map(Secret::new)),
+                ),
+                None => (IMDS_ENDPOINT.to_string(), header),
+            },
+        };
+        let endpoint_key = format!("{key}.endpoint");
+        let uri: Uri = endpoint
+            .parse()
+            .map_err(|e| self.error(&endpoint_key, format!("`{endpoint}` is not a URL: {e}")))?;
+        let host = uri.host().unwrap_or_default();
+        // IMDS speaks plain http on its link-local address only; App Service's endpoint is local.
+        let plain_http_ok = is_loopback_host(host) || host == "169.254.169.254";
+        match uri.scheme_str() {
+            Some("https") => {}
+            Some("http") if plain_http_ok => {}
+            _ => {
+                return Err(self.error(
+                    &endpoint_key,
+                    format!(
+                        "`{endpoint}` must be https://, or http:// on IMDS (169.254.169.254) or a \
+                         loopback address"
+                    ),
+                ));
+            }
+        }
+        if uri.query().is_some() {
+            return Err(self.error(
+                &endpoint_key,
+                "must be the token URL without a query; the proxy adds api-version and resource",
+            ));
+        }
+        let protocol = match identity_header {
+            Some(identity_header) if !identity_header.is_empty() => {
+                ManagedProtocol::AppService { identity_header }
+            }
+            _ => ManagedProtocol::Imds,
+        };
+        Ok(ManagedIdentity {
+            endpoint,
+            protocol,
+            client_id: None,
+        })
+    }
+
+    fn existing_file(&self, key: &str, file: &Path) -> Result<(), ConfigError> {
+        if file.is_file() {
+            Ok(())
+        } else {
+            Err(self.error(
+                key,
+                format!("{} does not exist or is not a file", file.display()),
+            ))
         }
     }
 }
@@ -789,8 +1174,11 @@ mod tests {
         assert_eq!(config.upstream.scheme, Scheme::HTTPS);
         let identity = &config.identities[0];
         assert_eq!(identity.scope, AZURE_DEVOPS_SCOPE);
+        let Credential::App { app, .. } = &identity.credential else {
+            panic!("an app registration")
+        };
         assert_eq!(
-            identity.token_endpoint(),
+            app.token_endpoint(),
             "https://login.microsoftonline.com/00000000-0000-0000-0000-000000000000/oauth2/v2.0/token"
         );
     }
@@ -920,6 +1308,14 @@ mod tests {
     fn missing_identity_fields_say_which_variable_fills_them() {
         figment::Jail::expect_with(|_| {
             let message = error_of("");
+            assert!(
+                message.contains("identities.default.credential")
+                    && message.contains("AZURE_CLIENT_SECRET"),
+                "{message}"
+            );
+            let message = error_of(
+                "[identities.default]\ncredential = { kind = \"client_secret\", secret = \"x\" }",
+            );
             assert!(message.contains("AZURE_TENANT_ID"), "{message}");
             Ok(())
         });
@@ -941,11 +1337,14 @@ mod tests {
             let config = Config::load(Some(Path::new("proxy.toml"))).expect("valid");
             assert_eq!(config.listen.address.port(), 7001);
             let identity = &config.identities[0];
-            assert_eq!(identity.tenant_id, "contoso.onmicrosoft.com");
-            assert_eq!(identity.authority, "https://login.microsoftonline.us");
+            assert_eq!(identity.tenant_id(), Some("contoso.onmicrosoft.com"));
+            let Credential::App { app, proof } = &identity.credential else {
+                panic!("an app registration")
+            };
+            assert_eq!(app.authority, "https://login.microsoftonline.us");
             assert!(matches!(
-                &identity.credential,
-                Credential::ClientSecret(SecretSource::Value(s)) if s.expose() == "from-the-environment"
+                proof,
+                Proof::Secret(SecretSource::Value(s)) if s.expose() == "from-the-environment"
             ));
             Ok(())
         });

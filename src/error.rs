@@ -31,6 +31,13 @@ pub enum Rejection {
     Upstream(UpstreamFailure),
     /// Azure DevOps tried to switch protocols, which the proxy never performs.
     UpstreamUpgrade,
+    /// Azure DevOps refused the identity's token and the request could not be replayed with a
+    /// renewed one (`replayed`: it was, and the renewed token was refused too).
+    TokenRefused {
+        replayed: bool,
+    },
+    /// A small request body, read whole for a possible replay, did not arrive in time.
+    BodyTimeout,
 }
 
 impl Rejection {
@@ -46,7 +53,10 @@ impl Rejection {
             Rejection::Upstream(UpstreamFailure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             // The client is gone; the status only shows in the audit line.
             Rejection::Upstream(UpstreamFailure::ClientAborted) => StatusCode::BAD_REQUEST,
-            Rejection::Upstream(_) | Rejection::UpstreamUpgrade => StatusCode::BAD_GATEWAY,
+            Rejection::Upstream(_)
+            | Rejection::UpstreamUpgrade
+            | Rejection::TokenRefused { .. } => StatusCode::BAD_GATEWAY,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -58,6 +68,7 @@ impl Rejection {
             StatusCode::FORBIDDEN => "forbidden",
             StatusCode::SERVICE_UNAVAILABLE => "token_unavailable",
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
             _ => "bad_gateway",
         }
     }
@@ -116,6 +127,19 @@ impl Rejection {
             Rejection::UpstreamUpgrade => {
                 "Azure DevOps asked to switch protocols, which the proxy does not do.".into()
             }
+            Rejection::TokenRefused { replayed: true } => {
+                "Azure DevOps refused the service principal's token, and a freshly issued one too. \
+                 The principal may not be a member of this organization or lack access; run \
+                 `ado-auth-proxy check --organization ORG` on the proxy."
+                    .into()
+            }
+            Rejection::TokenRefused { replayed: false } => {
+                "Azure DevOps refused the service principal's token. The proxy is renewing it; this \
+                 request could not be replayed (its body was streamed, or a renewal was just \
+                 attempted). Retry the request."
+                    .into()
+            }
+            Rejection::BodyTimeout => "The request body did not arrive in time.".into(),
         }
     }
 
@@ -123,13 +147,14 @@ impl Rejection {
         match self {
             Rejection::Upstream(failure) => Some(*failure),
             Rejection::UpstreamUpgrade => Some(UpstreamFailure::Protocol),
+            Rejection::TokenRefused { .. } => Some(UpstreamFailure::TokenRefused),
             _ => None,
         }
     }
 
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
-            Rejection::BadRequest(_) => Some(Refusal::BadRequest),
+            Rejection::BadRequest(_) | Rejection::BodyTimeout => Some(Refusal::BadRequest),
             Rejection::MethodNotAllowed(_) => Some(Refusal::MethodNotAllowed),
             Rejection::TokenUnavailable { .. } => Some(Refusal::TokenUnavailable),
             Rejection::BrowserRequest => Some(Refusal::Browser),

@@ -25,6 +25,7 @@ pub struct Upstream {
     authority: Authority,
     host_header: HeaderValue,
     response_timeout: Duration,
+    max_replay_body_bytes: u64,
 }
 
 impl Upstream {
@@ -51,7 +52,12 @@ impl Upstream {
             authority: config.authority.clone(),
             host_header: config.host_header.clone(),
             response_timeout: config.response_timeout,
+            max_replay_body_bytes: config.max_replay_body_bytes as u64,
         }
+    }
+
+    pub fn max_replay_body_bytes(&self) -> u64 {
+        self.max_replay_body_bytes
     }
 
     pub fn host_header(&self) -> &HeaderValue {

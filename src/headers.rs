@@ -3,8 +3,8 @@
 //! Requests lose every credential the client sent, every header that would let the client steer
 //! the upstream (forwarding and method-override headers), and hop-by-hop headers, including those
 //! named in `Connection`; they gain the upstream's `Host` and the service principal's token.
-//! Responses lose hop-by-hop headers and `Set-Cookie`: a session cookie of the service principal is
-//! a credential too.
+//! Responses lose hop-by-hop headers, `WWW-Authenticate` and `Set-Cookie`: a session cookie of the
+//! service principal is a credential too.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -58,7 +58,11 @@ pub fn prepare_request(headers: &mut HeaderMap, host: &HeaderValue, bearer: Head
 
 /// Rewrites Azure DevOps' response headers into what the client may see.
 pub fn prepare_response(headers: &mut HeaderMap) {
-    remove(headers, |name| is_hop_by_hop(name) || name == "set-cookie");
+    // Azure DevOps' `WWW-Authenticate` names Entra ID as the place to sign in: the client does not
+    // authenticate to Azure DevOps, and git would take it for a password prompt.
+    remove(headers, |name| {
+        is_hop_by_hop(name) || name == "set-cookie" || name == "www-authenticate"
+    });
 }
 
 /// Removes the headers `doomed` picks and those named in `Connection`, in one pass over the

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod allow;
 pub mod auth;
 pub mod body;
+pub mod check;
 pub mod config;
 pub mod error;
 pub mod forward;
@@ -52,8 +53,8 @@ pub enum StartError {
         address: SocketAddr,
         source: std::io::Error,
     },
-    #[error("cannot build the Entra ID client: {0}")]
-    HttpClient(String),
+    #[error("{0}")]
+    Credential(String),
     #[error("cannot start proxy worker threads: {0}")]
     Workers(std::io::Error),
 }
@@ -87,14 +88,13 @@ impl App {
         let admin_listener = bind("admin.address", config.admin.address).await?;
 
         let tls = tls::client_config(config.upstream.ca_file.as_deref())?;
-        let entra = entra_client(tls.clone())?;
         let metrics = Arc::new(Metrics::new());
 
         let mut caches = Vec::with_capacity(config.identities.len());
         let mut refreshers = Vec::with_capacity(config.identities.len());
         for identity in &config.identities {
             let cache = Arc::new(TokenCache::new(identity.name.clone()));
-            let source = TokenSource::new(identity.clone(), entra.clone());
+            let source = TokenSource::new(identity, &tls).map_err(StartError::Credential)?;
             refreshers.push(tokio::spawn(token::run_refresher(
                 source,
                 cache.clone(),
@@ -325,17 +325,4 @@ impl Drop for Refreshers {
             refresher.abort();
         }
     }
-}
-
-/// The client for Entra ID: never follows redirects (a redirect would carry the client secret to
-/// another host), bounded in time.
-pub fn entra_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, StartError> {
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| StartError::HttpClient(e.to_string()))
 }

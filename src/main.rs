@@ -8,9 +8,7 @@ use std::time::Duration;
 use ado_auth_proxy::config::Config;
 use ado_auth_proxy::log_format::LineFormat;
 use ado_auth_proxy::log_writer::{BatchedStderr, FlushGuard};
-use ado_auth_proxy::token::TokenSource;
-use ado_auth_proxy::{App, entra_client, keys, tls};
-use base64::Engine as _;
+use ado_auth_proxy::{App, keys};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -40,8 +38,13 @@ enum LogFormat {
 enum Command {
     /// Run the proxy (the default).
     Run,
-    /// Validate the configuration, fetch a token per identity and report it (never the token).
-    Check,
+    /// Validate the configuration, fetch a token per identity, report who it names (never the
+    /// token) and ask Azure DevOps who it sees.
+    Check {
+        /// Azure DevOps organization whose membership to check (`contoso` in dev.azure.com/contoso).
+        #[arg(long)]
+        organization: Option<String>,
+    },
     /// Exit 0 when the admin listener's /readyz answers 200 (for container HEALTHCHECKs).
     Healthcheck,
     /// Client keys.
@@ -86,7 +89,16 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(config).await,
-            Command::Check => check(config).await,
+            Command::Check { organization } => {
+                let (report, passed) =
+                    ado_auth_proxy::check::check(&config, organization.as_deref()).await;
+                print!("{report}");
+                if passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
             Command::Healthcheck => healthcheck(config).await,
             // Answered above, before any configuration is needed.
             Command::Keys(_) => ExitCode::SUCCESS,
@@ -178,69 +190,6 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = interrupt.await;
-}
-
-/// Fetches one token per identity and prints what it says about the principal, never the token.
-async fn check(config: Config) -> ExitCode {
-    let tls = match tls::client_config(config.upstream.ca_file.as_deref()) {
-        Ok(tls) => tls,
-        Err(error) => {
-            eprintln!("ado-auth-proxy: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let client = match entra_client(tls) {
-        Ok(client) => client,
-        Err(error) => {
-            eprintln!("ado-auth-proxy: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("configuration: valid");
-    let mut failed = false;
-    for identity in &config.identities {
-        let source = TokenSource::new(identity.clone(), client.clone());
-        print!(
-            "identity {}: tenant {}, client id {}: ",
-            identity.name, identity.tenant_id, identity.client_id
-        );
-        match source.fetch().await {
-            Ok(token) => {
-                println!("token acquired, valid for {} s", token.lifetime.as_secs());
-                if let Some(claims) = token
-                    .bearer
-                    .to_str()
-                    .ok()
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .and_then(jwt_claims)
-                {
-                    for claim in ["appid", "oid", "tid", "aud", "exp"] {
-                        if let Some(value) = claims.get(claim) {
-                            println!("  {claim}: {value}");
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                failed = true;
-                println!("FAILED: {error}");
-            }
-        }
-    }
-    if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    }
-}
-
-/// The claims of a JWT, unverified: only for showing who the token says it is.
-fn jwt_claims(token: &str) -> Option<serde_json::Value> {
-    let payload = token.split('.').nth(1)?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(payload.trim_end_matches('='))
-        .ok()?;
-    serde_json::from_slice(&bytes).ok()
 }
 
 /// A minimal HTTP/1.1 GET of /readyz, so images without curl can use it as their HEALTHCHECK.

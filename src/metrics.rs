@@ -86,16 +86,19 @@ pub enum UpstreamFailure {
     ResponseBody,
     ClientAborted,
     Protocol,
+    /// Azure DevOps refused the service principal's token (401, or its sign-in answers).
+    TokenRefused,
 }
 
 impl UpstreamFailure {
-    const ALL: [UpstreamFailure; 6] = [
+    const ALL: [UpstreamFailure; 7] = [
         UpstreamFailure::Connect,
         UpstreamFailure::Timeout,
         UpstreamFailure::Reset,
         UpstreamFailure::ResponseBody,
         UpstreamFailure::ClientAborted,
         UpstreamFailure::Protocol,
+        UpstreamFailure::TokenRefused,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -105,6 +108,7 @@ impl UpstreamFailure {
             UpstreamFailure::ResponseBody => "response_body",
             UpstreamFailure::ClientAborted => "client_aborted",
             UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::TokenRefused => "token_refused",
         }
     }
 }

@@ -4,9 +4,13 @@
 //! nothing here waits on Entra ID.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use http::{HeaderValue, Request, Response, StatusCode, Version};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::allow::Segments;
@@ -15,8 +19,38 @@ use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
 use crate::error::Rejection;
 use crate::forward::Upstream;
 use crate::headers;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, UpstreamFailure};
 use crate::target;
+use crate::token::TokenCache;
+
+/// How long a request whose token Azure DevOps refused waits for a renewed one.
+const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+/// A body small enough to keep for a replay arrives within this, or the request is refused.
+const KEPT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What is needed to send a request again; only requests with a kept body have one.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+/// Azure DevOps' ways of refusing a token: 401, or (without `X-TFS-FedAuthRedirect: Suppress`
+/// honoured) a 203 sign-in page or a redirect to sign-in.
+fn token_refused(response: &Response<Incoming>) -> bool {
+    match response.status() {
+        StatusCode::UNAUTHORIZED | StatusCode::NON_AUTHORITATIVE_INFORMATION => true,
+        status if status.is_redirection() => response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|location| {
+                location.contains("/_signin") || location.contains("login.microsoftonline.com")
+            }),
+        _ => false,
+    }
+}
 
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 static RATE_LIMIT_REMAINING: http::HeaderName =
@@ -99,29 +133,126 @@ impl Proxy {
         })?;
 
         let (mut parts, body) = request.into_parts();
-        headers::prepare_request(&mut parts.headers, self.upstream.host_header(), bearer);
+        headers::prepare_request(
+            &mut parts.headers,
+            self.upstream.host_header(),
+            bearer.clone(),
+        );
         parts.uri = self
             .upstream
             .target(parts.uri.path_and_query())
             .map_err(|_| Rejection::BadRequest("The request target cannot be forwarded"))?;
         // The pool picks HTTP/1.1 or h2 by ALPN; an h2 client must not force h2 upstream.
         parts.version = Version::HTTP_11;
-        let body = UploadBody::new(body, exchange.received.clone(), self.metrics.clone());
+        let body = self.upload(body, exchange).await?;
+        let replay = match &body {
+            UploadBody::Kept(data) => Some(Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                headers: parts.headers.clone(),
+                body: data.clone(),
+            }),
+            UploadBody::Streaming { .. } => None,
+        };
 
-        let sent_at = Instant::now();
-        let result = self.upstream.send(Request::from_parts(parts, body)).await;
-        let elapsed = sent_at.elapsed();
-        exchange.set_upstream_time(elapsed);
-        self.metrics
-            .upstream_duration
-            .observe(elapsed.as_secs_f64());
-        let mut response = result.map_err(Rejection::Upstream)?;
-
+        let mut response = self
+            .send(Request::from_parts(parts, body), exchange)
+            .await?;
+        if token_refused(&response) {
+            response = self
+                .renew_and_replay(token, &bearer, replay, &response, exchange)
+                .await?;
+        }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Rejection::UpstreamUpgrade);
         }
         self.observe_rate_limits(token.identity(), &response);
         headers::prepare_response(response.headers_mut());
+        Ok(response)
+    }
+
+    /// A small body (by its declared length) is read whole so the request can be replayed;
+    /// anything larger or of unknown length streams through untouched.
+    async fn upload(&self, body: Incoming, exchange: &Exchange) -> Result<UploadBody, Rejection> {
+        if body.is_end_stream() {
+            return Ok(UploadBody::kept(Bytes::new()));
+        }
+        let keep = body
+            .size_hint()
+            .exact()
+            .is_some_and(|length| length <= self.upstream.max_replay_body_bytes());
+        if !keep {
+            return Ok(UploadBody::streaming(
+                body,
+                exchange.received.clone(),
+                self.metrics.clone(),
+            ));
+        }
+        let data = tokio::time::timeout(KEPT_BODY_TIMEOUT, body.collect())
+            .await
+            .map_err(|_| Rejection::BodyTimeout)?
+            .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?
+            .to_bytes();
+        let length = data.len() as u64;
+        exchange.received.fetch_add(length, Ordering::Relaxed);
+        self.metrics.request_bytes.inc_by(length);
+        Ok(UploadBody::kept(data))
+    }
+
+    async fn send(
+        &self,
+        request: Request<UploadBody>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
+        let sent_at = Instant::now();
+        let result = self.upstream.send(request).await;
+        let elapsed = sent_at.elapsed();
+        exchange.add_upstream_time(elapsed);
+        self.metrics
+            .upstream_duration
+            .observe(elapsed.as_secs_f64());
+        result.map_err(Rejection::Upstream)
+    }
+
+    /// Azure DevOps refused a token we believed valid (revoked, or the principal's access changed):
+    /// renew it and replay the request once if its body was kept; never pass the refusal on, as
+    /// git would take its `WWW-Authenticate` for a password prompt.
+    async fn renew_and_replay(
+        &self,
+        token: &Arc<TokenCache>,
+        refused: &HeaderValue,
+        replay: Option<Replay>,
+        response: &Response<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
+        tracing::warn!(
+            identity = token.identity(),
+            request_id = %exchange.request_id,
+            status = response.status().as_u16(),
+            replayable = replay.is_some(),
+            "Azure DevOps refused the token; renewing it"
+        );
+        let Some(replay) = replay else {
+            let (token, refused) = (token.clone(), refused.clone());
+            tokio::spawn(async move { token.renew_refused(&refused, RENEWAL_WAIT).await });
+            return Err(Rejection::TokenRefused { replayed: false });
+        };
+        let renewed = token
+            .renew_refused(refused, RENEWAL_WAIT)
+            .await
+            .ok_or(Rejection::TokenRefused { replayed: false })?;
+        let mut request = Request::new(UploadBody::Kept(replay.body));
+        *request.method_mut() = replay.method;
+        *request.uri_mut() = replay.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = replay.headers;
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, renewed);
+        let response = self.send(request, exchange).await?;
+        if token_refused(&response) {
+            return Err(Rejection::TokenRefused { replayed: true });
+        }
         Ok(response)
     }
 

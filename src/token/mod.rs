@@ -4,6 +4,9 @@
 //! The request path never talks to Entra ID and never sends a token past its expiry (measured on
 //! the monotonic clock, less a safety margin).
 
+mod assertion;
+mod federated;
+mod managed;
 mod source;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -11,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
+use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
 pub use source::{FetchError, IssuedToken, TokenSource};
@@ -22,6 +26,9 @@ const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A `Retry-After` from Entra ID is honoured up to this long.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Azure DevOps refusing a token forces a refresh at most this often per identity, so a principal
+/// it refuses for good (not a member of the organization) cannot make us hammer Entra ID.
+const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 struct CachedToken {
     bearer: HeaderValue,
@@ -44,12 +51,18 @@ pub struct TokenStatus {
 struct RefreshState {
     last_error: Option<String>,
     next_attempt: Option<Instant>,
+    /// When a refresh was last forced, and the attempt count it waits to see advance.
+    forced: Option<(Instant, u64)>,
 }
 
 pub struct TokenCache {
     identity: String,
     current: ArcSwapOption<CachedToken>,
     state: Mutex<RefreshState>,
+    /// Wakes the refresher before its schedule.
+    refresh_now: Notify,
+    /// Counts finished fetch attempts, so a forced refresh can wait for the next one.
+    attempts: watch::Sender<u64>,
 }
 
 impl TokenCache {
@@ -58,7 +71,46 @@ impl TokenCache {
             identity: identity.into(),
             current: ArcSwapOption::empty(),
             state: Mutex::new(RefreshState::default()),
+            refresh_now: Notify::new(),
+            attempts: watch::Sender::new(0),
         }
+    }
+
+    /// Azure DevOps refused `refused`, a token we believed valid. Returns a different token to
+    /// replay with: the current one if another request already renewed it, else one fetched now.
+    /// `None` when no new token came within `wait`, or a refresh was forced too recently.
+    pub async fn renew_refused(
+        &self,
+        refused: &HeaderValue,
+        wait: Duration,
+    ) -> Option<HeaderValue> {
+        let mut attempts = self.attempts.subscribe();
+        if let Some(current) = self.bearer().filter(|b| b != refused) {
+            return Some(current);
+        }
+        {
+            let seen = *attempts.borrow_and_update();
+            let mut state = self.lock_state();
+            // A forced refresh still under way: wait for it with the others.
+            let pending = state
+                .forced
+                .is_some_and(|(_, at_attempt)| at_attempt == seen);
+            if !pending {
+                if state
+                    .forced
+                    .is_some_and(|(at, _)| at.elapsed() < FORCED_REFRESH_INTERVAL)
+                {
+                    return None;
+                }
+                state.forced = Some((Instant::now(), seen));
+                self.refresh_now.notify_one();
+            }
+        }
+        tokio::time::timeout(wait, attempts.changed())
+            .await
+            .ok()?
+            .ok()?;
+        self.bearer().filter(|b| b != refused)
     }
 
     pub fn identity(&self) -> &str {
@@ -159,7 +211,12 @@ pub async fn run_refresher(source: TokenSource, cache: Arc<TokenCache>, metrics:
             Err(error) => {
                 failures += 1;
                 metrics.count_token_refresh(&identity, error.kind());
-                let mut delay = backoff(failures);
+                // An answer that retrying cannot change is asked again only at the slowest pace.
+                let mut delay = if error.is_permanent() {
+                    MAX_BACKOFF
+                } else {
+                    backoff(failures)
+                };
                 if let Some(retry_after) = error.retry_after() {
                     delay = delay.max(retry_after.min(MAX_RETRY_AFTER));
                 }
@@ -180,7 +237,13 @@ pub async fn run_refresher(source: TokenSource, cache: Arc<TokenCache>, metrics:
                 delay
             }
         };
-        tokio::time::sleep(delay).await;
+        cache.attempts.send_modify(|n| *n += 1);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = cache.refresh_now.notified() => {
+                tracing::info!(identity = %identity, "refreshing early: Azure DevOps refused the current token");
+            }
+        }
     }
 }
 

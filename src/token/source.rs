@@ -1,14 +1,18 @@
-//! Fetches an access token from Entra ID with the OAuth2 client-credentials grant.
+//! One token fetch for one identity: the credential kinds, the request each makes, and the
+//! checks every token response passes before its token may be cached.
 //!
 //! One call, one answer: scheduling, caching and retries belong to the refresher. Nothing here
-//! keeps or prints the client secret or the token; errors carry Entra ID's own code and a hint.
+//! keeps or prints a secret, a key, an assertion or a token; errors carry the identity provider's
+//! own code and a hint.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
 use serde::Deserialize;
 
-use crate::config::{Credential, Identity, SecretSource};
+use super::assertion::{JWT_BEARER, SigningCertificate};
+use super::{federated, managed};
+use crate::config::{Credential, EntraApp, Identity, Proof, SecretSource};
 use crate::secret::Secret;
 
 /// Entra ID answers in a few KiB; anything larger is not a token response.
@@ -26,20 +30,22 @@ pub struct IssuedToken {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("cannot read the client secret: {0}")]
+    #[error("cannot use the credential: {0}")]
     Credential(String),
-    #[error("Entra ID unreachable: {0}")]
+    #[error("token endpoint unreachable: {0}")]
     Transport(String),
-    #[error("Entra ID is throttling token requests (HTTP 429)")]
+    #[error("the token endpoint is throttling token requests (HTTP 429)")]
     Throttled { retry_after: Option<Duration> },
-    #[error("Entra ID refused the token request (HTTP {status}, {error}): {description}{}", hint.map(|h| format!(" Hint: {h}")).unwrap_or_default())]
+    #[error("the token request was refused (HTTP {status}, {error}): {description}{}", hint.map(|h| format!(" Hint: {h}")).unwrap_or_default())]
     Refused {
         status: u16,
         error: String,
         description: String,
         hint: Option<&'static str>,
+        /// Retrying soon cannot help (a managed identity endpoint's 400: wrong identity).
+        permanent: bool,
     },
-    #[error("Entra ID sent an unusable token response: {0}")]
+    #[error("the token endpoint sent an unusable token response: {0}")]
     InvalidResponse(String),
 }
 
@@ -61,57 +67,163 @@ impl FetchError {
             _ => None,
         }
     }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Refused {
+                permanent: true,
+                ..
+            }
+        )
+    }
 }
 
 pub struct TokenSource {
-    identity: Identity,
-    endpoint: String,
+    kind: SourceKind,
+    scope: String,
     http: reqwest::Client,
 }
 
+enum SourceKind {
+    App {
+        app: EntraApp,
+        endpoint: String,
+        proof: Proof,
+    },
+    Managed(crate::config::ManagedIdentity),
+}
+
 impl TokenSource {
-    pub fn new(identity: Identity, http: reqwest::Client) -> Self {
-        let endpoint = identity.token_endpoint();
-        Self {
-            identity,
-            endpoint,
+    /// Checks what can be checked before the first fetch (a certificate that does not load fails
+    /// start-up, not the first request).
+    pub fn new(identity: &Identity, tls: &rustls::ClientConfig) -> Result<Self, String> {
+        // IMDS refuses requests that come through an HTTP proxy; Entra ID may need one.
+        let through_proxy = matches!(identity.credential, Credential::App { .. });
+        let http = http_client(tls.clone(), through_proxy).map_err(|e| {
+            format!(
+                "identities.{}: cannot build the HTTP client: {e}",
+                identity.name
+            )
+        })?;
+        let kind = match &identity.credential {
+            Credential::App { app, proof } => {
+                if let Proof::Certificate(files) = proof {
+                    SigningCertificate::load(files)
+                        .map_err(|e| format!("identities.{}.credential: {e}", identity.name))?;
+                }
+                SourceKind::App {
+                    endpoint: app.token_endpoint(),
+                    app: app.clone(),
+                    proof: proof.clone(),
+                }
+            }
+            Credential::Managed(managed) => SourceKind::Managed(managed.clone()),
+        };
+        Ok(Self {
+            kind,
+            scope: identity.scope.clone(),
             http,
-        }
+        })
     }
 
     pub async fn fetch(&self) -> Result<IssuedToken, FetchError> {
-        let Credential::ClientSecret(source) = &self.identity.credential;
-        let secret = read_secret(source).await?;
-        let form = [
+        match &self.kind {
+            SourceKind::App {
+                app,
+                endpoint,
+                proof,
+            } => self.fetch_from_entra(app, endpoint, proof).await,
+            SourceKind::Managed(managed) => {
+                let resource = self.scope.strip_suffix("/.default").unwrap_or(&self.scope);
+                managed::fetch(managed, resource, &self.http).await
+            }
+        }
+    }
+
+    async fn fetch_from_entra(
+        &self,
+        app: &EntraApp,
+        endpoint: &str,
+        proof: &Proof,
+    ) -> Result<IssuedToken, FetchError> {
+        // Held as a `Secret` until the form is encoded, so no error path can print it.
+        let (field, value): (&str, Secret) = match proof {
+            Proof::Secret(source) => ("client_secret", read_secret(source).await?),
+            Proof::Certificate(files) => {
+                let files = files.clone();
+                let (client_id, audience) = (app.client_id.clone(), endpoint.to_string());
+                // File reads and an RSA signature: off the async threads.
+                let assertion = tokio::task::spawn_blocking(move || {
+                    SigningCertificate::load(&files)?.assertion(
+                        &client_id,
+                        &audience,
+                        files.algorithm,
+                        files.send_x5c,
+                    )
+                })
+                .await
+                .map_err(|_| FetchError::Credential("signing task failed".into()))?
+                .map_err(FetchError::Credential)?;
+                ("client_assertion", Secret::new(assertion))
+            }
+            Proof::Federated(source) => (
+                "client_assertion",
+                Secret::new(federated::federated_token(source, &self.http).await?),
+            ),
+        };
+        let mut form = vec![
             ("grant_type", "client_credentials"),
-            ("client_id", self.identity.client_id.as_str()),
-            ("scope", self.identity.scope.as_str()),
-            ("client_secret", secret.expose()),
+            ("client_id", app.client_id.as_str()),
+            ("scope", self.scope.as_str()),
+            (field, value.expose()),
         ];
+        if field == "client_assertion" {
+            form.push(("client_assertion_type", JWT_BEARER));
+        }
         let requested_at = Instant::now();
         let mut response = self
             .http
-            .post(&self.endpoint)
+            .post(endpoint)
             .form(&form)
             .send()
             .await
             .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?;
         let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let retry_after = retry_after(&response);
         let body = read_capped(&mut response).await?;
         if status == http::StatusCode::TOO_MANY_REQUESTS {
             return Err(FetchError::Throttled { retry_after });
         }
         if !status.is_success() {
-            return Err(refusal(status.as_u16(), &body));
+            return Err(refusal(status.as_u16(), &body, false));
         }
         parse_token(&body, requested_at)
     }
+}
+
+/// Never follows redirects (a redirect would carry the secret or assertion to another host),
+/// bounded in time.
+fn http_client(tls: rustls::ClientConfig, through_proxy: bool) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(30))
+        .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION")));
+    if !through_proxy {
+        builder = builder.no_proxy();
+    }
+    builder.build()
+}
+
+pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
 }
 
 async fn read_secret(source: &SecretSource) -> Result<Secret, FetchError> {
@@ -134,7 +246,7 @@ async fn read_secret(source: &SecretSource) -> Result<Secret, FetchError> {
     }
 }
 
-fn describe_reqwest_error(error: &reqwest::Error) -> String {
+pub(super) fn describe_reqwest_error(error: &reqwest::Error) -> String {
     use std::error::Error as _;
     let mut message = if error.is_timeout() {
         "timed out".to_string()
@@ -152,7 +264,7 @@ fn describe_reqwest_error(error: &reqwest::Error) -> String {
     message
 }
 
-async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {
+pub(super) async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -173,9 +285,20 @@ async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, FetchE
 struct TokenResponse {
     access_token: Option<serde_json::Value>,
     expires_in: Option<serde_json::Value>,
+    /// App Service's managed identity endpoint gives only the expiry instant (Unix seconds).
+    expires_on: Option<serde_json::Value>,
 }
 
-fn parse_token(body: &[u8], requested_at: Instant) -> Result<IssuedToken, FetchError> {
+/// A whole number sent as a JSON number or, as managed identity endpoints do, a digit string.
+fn whole_number(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::Number(n) => n.as_u64(),
+        serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }
+}
+
+pub(super) fn parse_token(body: &[u8], requested_at: Instant) -> Result<IssuedToken, FetchError> {
     let invalid = |what: &str| FetchError::InvalidResponse(what.to_string());
     let response: TokenResponse =
         serde_json::from_slice(body).map_err(|_| invalid("not a JSON token response"))?;
@@ -190,11 +313,15 @@ fn parse_token(body: &[u8], requested_at: Instant) -> Result<IssuedToken, FetchE
             "access_token is empty or holds characters not allowed in a header",
         ));
     }
-    let seconds = match response.expires_in {
-        Some(serde_json::Value::Number(n)) => n.as_u64(),
-        // Managed identity endpoints and older libraries send the number as a string.
-        Some(serde_json::Value::String(s)) => s.trim().parse::<u64>().ok(),
-        _ => None,
+    let seconds = match (&response.expires_in, &response.expires_on) {
+        (Some(expires_in), _) => whole_number(expires_in),
+        (None, Some(expires_on)) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            whole_number(expires_on).map(|at| at.saturating_sub(now))
+        }
+        (None, None) => None,
     }
     .ok_or_else(|| invalid("expires_in is missing or not a positive whole number"))?;
     let lifetime = Duration::from_secs(seconds);
@@ -219,7 +346,7 @@ struct EntraError {
     error_codes: Vec<u64>,
 }
 
-fn refusal(status: u16, body: &[u8]) -> FetchError {
+pub(super) fn refusal(status: u16, body: &[u8], permanent: bool) -> FetchError {
     let parsed: EntraError = serde_json::from_slice(body).unwrap_or_default();
     // Entra ID's description runs on with trace and correlation ids over several lines; the first
     // line carries the AADSTS code and the reason, which is what an operator needs.
@@ -255,6 +382,7 @@ fn refusal(status: u16, body: &[u8]) -> FetchError {
             description
         },
         hint: code.and_then(hint_for),
+        permanent,
     }
 }
 
@@ -330,11 +458,11 @@ mod tests {
     #[test]
     fn entra_errors_keep_the_code_and_add_a_hint() {
         let body = br#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.\r\nTrace ID: x\r\nCorrelation ID: y","error_codes":[7000215]}"#;
-        let message = refusal(401, body).to_string();
+        let message = refusal(401, body, false).to_string();
         assert!(message.contains("AADSTS7000215"), "{message}");
         assert!(message.contains("not its id"), "{message}");
         assert!(!message.contains("Trace ID"), "{message}");
-        let message = refusal(400, b"<html>oops").to_string();
+        let message = refusal(400, b"<html>oops", false).to_string();
         assert!(message.contains("HTTP 400"), "{message}");
     }
 }

@@ -341,7 +341,7 @@ async fn bad_configurations_are_refused_with_the_key_and_the_problem() {
     let output = command(&["run"]).output().await.expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2));
-    assert!(stderr.contains("AZURE_TENANT_ID"), "{stderr}");
+    assert!(stderr.contains("AZURE_CLIENT_SECRET"), "{stderr}");
 }
 
 fn example(name: &str) -> PathBuf {
@@ -360,6 +360,7 @@ async fn the_example_configurations_load_and_get_a_token() {
             .env("AZURE_CLIENT_ID", &cfg.client_id)
             .env("AZURE_CLIENT_SECRET", &cfg.client_secret)
             .env("AZURE_AUTHORITY_HOST", fakes.entra.authority())
+            .env("ADO_AUTH_PROXY_UPSTREAM__URL", fakes.devops.url())
             .output()
             .await
             .expect("runs");
