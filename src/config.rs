@@ -1368,4 +1368,116 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn azure_variables_pick_the_credential_kind_as_the_sdks_do() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("token", "a.b.c")?;
+            jail.set_env("AZURE_TENANT_ID", "t");
+            jail.set_env("AZURE_CLIENT_ID", "c");
+            jail.set_env("AZURE_FEDERATED_TOKEN_FILE", "token");
+            let config = Config::load(None).expect("workload identity from the environment");
+            assert!(matches!(
+                &config.identities[0].credential,
+                Credential::App { proof: Proof::Federated(FederatedSource::File(f)), .. } if f == Path::new("token")
+            ));
+
+            jail.set_env("AZURE_FEDERATED_TOKEN_FILE", "");
+            jail.set_env("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token");
+            jail.set_env("IDENTITY_HEADER", "header-secret-value");
+            let config = Config::load(None).expect("App Service managed identity");
+            let identity = &config.identities[0];
+            assert_eq!(
+                identity.client_id(),
+                Some("c"),
+                "AZURE_CLIENT_ID picks a user-assigned identity"
+            );
+            assert_eq!(identity.tenant_id(), None);
+            assert!(matches!(
+                &identity.credential,
+                Credential::Managed(ManagedIdentity {
+                    protocol: ManagedProtocol::AppService { .. },
+                    ..
+                })
+            ));
+            assert!(!format!("{config:?}").contains("header-secret-value"));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn credential_kinds_are_checked_where_they_are_written() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("cert.pem", "not checked here")?;
+            let identity = |credential: &str| {
+                format!(
+                    "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = {credential}\n"
+                )
+            };
+            let config = Config::from_toml(&identity(
+                r#"{ kind = "client_certificate", certificate_file = "cert.pem", send_x5c = true, algorithm = "RS256" }"#,
+            ))
+            .expect("certificate credential");
+            assert!(matches!(
+                &config.identities[0].credential,
+                Credential::App {
+                    proof: Proof::Certificate(CertificateFiles {
+                        send_x5c: true,
+                        algorithm: AssertionAlgorithm::Rs256,
+                        ..
+                    }),
+                    ..
+                }
+            ));
+            for (credential, key) in [
+                (
+                    r#"{ kind = "client_certificate" }"#,
+                    "credential.certificate_file",
+                ),
+                (
+                    r#"{ kind = "client_certificate", certificate_file = "missing.pem" }"#,
+                    "credential.certificate_file",
+                ),
+                (
+                    r#"{ kind = "client_certificate", certificate_file = "cert.pem", algorithm = "ES256" }"#,
+                    "credential.algorithm",
+                ),
+                (r#"{ kind = "workload_identity" }"#, "credential.token_file"),
+                (
+                    r#"{ kind = "workload_identity", source = "github_actions" }"#,
+                    "ACTIONS_ID_TOKEN_REQUEST_URL",
+                ),
+                (
+                    r#"{ kind = "workload_identity", source = "gitlab" }"#,
+                    "credential.source",
+                ),
+                (
+                    r#"{ kind = "managed_identity", endpoint = "http://metadata.example.com/token" }"#,
+                    "credential.endpoint",
+                ),
+                (
+                    r#"{ kind = "managed_identity", endpoint = "http://169.254.169.254/x?api-version=1" }"#,
+                    "credential.endpoint",
+                ),
+                (r#"{ kind = "password" }"#, "password"),
+            ] {
+                let message = error_of(&identity(credential));
+                assert!(message.contains(key), "{credential}: {message}");
+            }
+            let config = Config::from_toml(
+                "[identities.default]\ncredential = { kind = \"managed_identity\" }\n",
+            )
+            .expect("a system-assigned managed identity needs no tenant or client id");
+            let Credential::Managed(managed) = &config.identities[0].credential else {
+                panic!("managed identity")
+            };
+            assert_eq!(managed.endpoint, IMDS_ENDPOINT);
+            assert!(matches!(managed.protocol, ManagedProtocol::Imds));
+            assert_eq!(
+                config.identities[0].resource(),
+                "499b84ac-1321-427f-aa17-267ca6975798"
+            );
+            Ok(())
+        });
+    }
 }
