@@ -521,6 +521,14 @@ impl Validator<'_> {
                 ),
             ));
         }
+        if matches!(inbound.mode, InboundMode::Open { .. })
+            && !identities.iter().any(|i| i.name == DEFAULT_IDENTITY)
+        {
+            return Err(self.error(
+                "identities",
+                "open mode acts as identity `default`; configure [identities.default]",
+            ));
+        }
         let clients = self.clients(raw.clients, &identities)?;
         Ok(Config {
             listen,
@@ -748,8 +756,11 @@ impl Validator<'_> {
 
     fn identities(&self, raw: BTreeMap<String, RawIdentity>) -> Result<Vec<Identity>, ConfigError> {
         let mut raw = raw;
-        // The standard Azure variables describe the default identity, as the Azure SDKs read them.
-        raw.entry(DEFAULT_IDENTITY.to_string()).or_default();
+        // With no identity in the file, the standard Azure variables describe the default one, as
+        // the Azure SDKs read them.
+        if raw.is_empty() {
+            raw.insert(DEFAULT_IDENTITY.to_string(), RawIdentity::default());
+        }
         let mut identities = Vec::with_capacity(raw.len());
         for (name, identity) in raw {
             if name.is_empty()
@@ -1278,6 +1289,18 @@ mod tests {
         assert!(error_of(&bad_hash).contains("clients[0].key_sha256"));
         let missing_identity = format!("{MINIMAL}\n{CLIENT}identity = \"nope\"\n");
         assert!(error_of(&missing_identity).contains("clients[0].identity"));
+        // Keys mode needs no `default` identity when every client names another one.
+        let named_only = format!(
+            "{}\n{CLIENT}identity = \"ci\"\n",
+            MINIMAL.replace("identities.default", "identities.ci")
+        );
+        let config = Config::from_toml(&named_only).expect("valid without a default identity");
+        assert_eq!(config.identities.len(), 1);
+        let open = format!(
+            "{}\n[inbound]\nmode = \"open\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n",
+            MINIMAL.replace("identities.default", "identities.ci")
+        );
+        assert!(error_of(&open).contains("[identities.default]"));
         let bad_rule = format!("{MINIMAL}\n{}", CLIENT.replace("/contoso/**", "contoso/**"));
         let message = error_of(&bad_rule);
         assert!(
