@@ -10,11 +10,21 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::devops::{DevOpsConfig, FakeDevOps, is_pattern};
-use crate::support::entra::{
-    DEVOPS_SCOPE, EntraConfig, EntraMode, FakeEntra, OBJECT_ID, token_claims,
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivatePkcs1KeyDer, PrivatePkcs8KeyDer};
+
+use crate::support::assertion::{
+    self, Alg, JWT_BEARER, RsaSigner, assertion_claims, certificate_header, x5c_entry, x5t,
+    x5t_s256,
 };
-use crate::support::{self, Reply, body_channel, form_encode, get, jwt, request};
+use crate::support::devops::{DevOpsConfig, FakeDevOps, is_pattern, token_claims_of};
+use crate::support::entra::{
+    DEVOPS_RESOURCE, DEVOPS_SCOPE, EntraConfig, EntraMode, FEDERATED_AUDIENCE, FakeEntra,
+    OBJECT_ID, SYSTEM_ASSIGNED_OBJECT_ID, USER_ASSIGNED_OBJECT_ID, token_claims,
+};
+use crate::support::{self, Reply, body_channel, fixtures, form_encode, get, jwt, request};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -599,5 +609,737 @@ async fn git_clone_and_push_against_fake_devops() {
                 .get("content-encoding")
                 .is_some_and(|v| v == "gzip")),
         "no gzip-encoded upload-pack request"
+    );
+}
+
+// Client assertions, managed identities, GitHub OIDC and the upstream's refusals.
+
+fn assertion_form<'a>(cfg: &'a EntraConfig, client_assertion: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", &cfg.client_id),
+        ("client_assertion_type", JWT_BEARER),
+        ("client_assertion", client_assertion),
+        ("scope", DEVOPS_SCOPE),
+    ]
+}
+
+async fn post_assertion(entra: &FakeEntra, client_assertion: &str) -> Reply {
+    let cfg = entra.config();
+    post_token(
+        entra,
+        &cfg.tenant_id,
+        &assertion_form(cfg, client_assertion),
+    )
+    .await
+}
+
+/// The access token of a successful token-endpoint answer, after checking it is one.
+fn access_token(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()["access_token"]
+        .as_str()
+        .expect("access_token is a string")
+        .to_owned()
+}
+
+async fn devops_with(devops: &FakeDevOps, token: &str) -> Reply {
+    get(
+        &format!("{}/contoso/_apis/projects", devops.url()),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+}
+
+fn assert_description_contains(reply: &Reply, text: &str) {
+    let body = reply.json();
+    let description = body["error_description"].as_str().unwrap_or_default();
+    assert!(
+        description.contains(text),
+        "{text:?} not in {description:?}"
+    );
+}
+
+#[test]
+fn fixtures_hold_one_key_in_every_format() {
+    let cert = fixtures::sp_cert_der();
+    let public_key = RsaSigner::sp().public_key_der();
+    // The certificate's SubjectPublicKeyInfo wraps exactly this RSAPublicKey DER.
+    assert!(
+        cert.windows(public_key.len()).any(|w| w == public_key),
+        "sp-cert.pem is not the certificate of sp-key.pk8.pem"
+    );
+    let pkcs1 = PrivatePkcs1KeyDer::from_pem_file(fixtures::path(fixtures::SP_KEY_RSA))
+        .expect("sp-key.rsa.pem is PKCS#1");
+    let from_pkcs1 =
+        ring::signature::RsaKeyPair::from_der(pkcs1.secret_pkcs1_der()).expect("RSA key");
+    assert_eq!(from_pkcs1.public().as_ref(), public_key.as_slice());
+    assert_ne!(RsaSigner::forged().public_key_der(), public_key);
+
+    let combined = std::fs::read(fixtures::path(fixtures::SP_CERT_AND_KEY)).expect("read");
+    let combined_cert =
+        CertificateDer::from_pem_slice(&combined).expect("certificate in the combined file");
+    assert_eq!(combined_cert.as_ref(), cert.as_slice());
+    let combined_key =
+        PrivatePkcs8KeyDer::from_pem_slice(&combined).expect("PKCS#8 key in the combined file");
+    assert_eq!(
+        combined_key.secret_pkcs8_der(),
+        fixtures::sp_key_pkcs8().as_slice()
+    );
+    for p12 in [fixtures::SP_P12, fixtures::SP_LEGACY_P12] {
+        let der = std::fs::read(fixtures::path(p12)).expect("read PKCS#12");
+        assert_eq!(der.first(), Some(&0x30), "{p12} is not DER");
+    }
+    assert_eq!(fixtures::sp_public_key_der(), public_key);
+    let cfg = EntraConfig::default();
+    assert_eq!(
+        (cfg.certificate_der, cfg.certificate_public_key),
+        (cert, public_key),
+        "the fake registers the fixture certificate"
+    );
+}
+
+#[tokio::test]
+async fn certificate_assertion_gets_a_token_devops_accepts() {
+    let f = fakes().await;
+    let cfg = f.entra.config();
+    for alg in [Alg::Ps256, Alg::Rs256] {
+        let reply = post_assertion(&f.entra, &f.entra.certificate_assertion(alg)).await;
+        let token = access_token(&reply);
+        let claims = jwt::verify(&token, &cfg.signing_key).expect("token verifies");
+        assert_eq!(claims["appid"], cfg.client_id.as_str());
+        assert_eq!(claims["oid"], OBJECT_ID);
+        assert_eq!(devops_with(&f.devops, &token).await.status, StatusCode::OK);
+
+        let (header, claims) = f.entra.last_assertion().expect("assertion recorded");
+        assert_eq!(header["alg"], alg.name());
+        assert_eq!(header["x5t#S256"], x5t_s256(&cfg.certificate_der).as_str());
+        assert_eq!(claims["aud"], f.entra.token_url().as_str());
+        let form = f.entra.last_form().expect("form recorded");
+        assert!(form.iter().all(|(k, _)| k != "client_secret"));
+    }
+
+    // The legacy flavour: RS256 identified by SHA-1 alone, with the certificate chain attached.
+    let header = json!({
+        "typ": "JWT",
+        "x5t": x5t(&cfg.certificate_der),
+        "x5c": [x5c_entry(&cfg.certificate_der)],
+    });
+    let legacy = RsaSigner::sp().sign(
+        Alg::Rs256,
+        &header,
+        &assertion_claims(&cfg.client_id, &f.entra.token_url()),
+    );
+    access_token(&post_assertion(&f.entra, &legacy).await);
+    assert_eq!(f.entra.tokens_issued(), 3);
+}
+
+#[tokio::test]
+async fn certificate_assertion_checks_each_refuse() {
+    let entra = FakeEntra::start(EntraConfig::default()).await;
+    let cfg = entra.config();
+    let url = entra.token_url();
+    let sp = RsaSigner::sp();
+    let good_header = certificate_header(Alg::Ps256, &cfg.certificate_der);
+    let claims_with = |overrides: Value| {
+        let mut claims = assertion_claims(&cfg.client_id, &url);
+        assertion::merge(&mut claims, &overrides);
+        claims
+    };
+    let now = jwt::now();
+    let valid = entra.certificate_assertion(Alg::Ps256);
+    let other_claims = B64.encode(claims_with(json!({ "sub": "someone" })).to_string());
+    let (valid_header, _) = valid.split_once('.').expect("three parts");
+    let none_header = B64.encode(r#"{"alg":"none","typ":"JWT"}"#);
+    let claims_part = B64.encode(claims_with(json!({})).to_string());
+
+    let cases: Vec<(&str, String, u16, u64, &str)> = vec![
+        (
+            "signed with another key",
+            RsaSigner::forged().sign(Alg::Ps256, &good_header, &claims_with(json!({}))),
+            401,
+            700027,
+            "invalid signature",
+        ),
+        (
+            "claims changed after signing",
+            format!(
+                "{valid_header}.{other_claims}.{}",
+                valid.rsplit('.').next().expect("signature")
+            ),
+            401,
+            700027,
+            "invalid signature",
+        ),
+        (
+            "PSS signature labelled RS256",
+            {
+                let mut header = good_header.clone();
+                header["alg"] = "RS256".into();
+                sp.sign_raw(Alg::Ps256, &header, &claims_with(json!({})))
+            },
+            401,
+            700027,
+            "invalid signature",
+        ),
+        (
+            "PKCS#1 signature labelled PS256",
+            {
+                let mut header = good_header.clone();
+                header["alg"] = "PS256".into();
+                sp.sign_raw(Alg::Rs256, &header, &claims_with(json!({})))
+            },
+            401,
+            700027,
+            "invalid signature",
+        ),
+        (
+            "unknown thumbprint",
+            sp.sign(
+                Alg::Ps256,
+                &json!({ "x5t#S256": x5t_s256(b"some other certificate") }),
+                &claims_with(json!({})),
+            ),
+            401,
+            700027,
+            "The key was not found",
+        ),
+        (
+            "no thumbprint",
+            sp.sign(
+                Alg::Ps256,
+                &json!({ "typ": "JWT" }),
+                &claims_with(json!({})),
+            ),
+            401,
+            700027,
+            "The key was not found",
+        ),
+        (
+            "PS256 with only the SHA-1 thumbprint",
+            sp.sign(
+                Alg::Ps256,
+                &json!({ "x5t": x5t(&cfg.certificate_der) }),
+                &claims_with(json!({})),
+            ),
+            401,
+            700027,
+            "The key was not found",
+        ),
+        (
+            "x5c naming another certificate",
+            {
+                let mut header = good_header.clone();
+                header["x5c"] = json!([x5c_entry(b"not the registered certificate")]);
+                sp.sign(Alg::Ps256, &header, &claims_with(json!({})))
+            },
+            401,
+            700027,
+            "x5c",
+        ),
+        (
+            "aud is the authority, not the token URL",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "aud": entra.authority() })),
+            ),
+            401,
+            700027,
+            "audience",
+        ),
+        (
+            "aud is the v1 token URL",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "aud": url.replace("/v2.0", "") })),
+            ),
+            401,
+            700027,
+            "audience",
+        ),
+        (
+            "iss is not the client id",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "iss": "someone" })),
+            ),
+            401,
+            700027,
+            "'iss'",
+        ),
+        (
+            "sub is not the client id",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "sub": "someone" })),
+            ),
+            401,
+            700027,
+            "'sub'",
+        ),
+        (
+            "no jti",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "jti": null })),
+            ),
+            401,
+            700027,
+            "jti",
+        ),
+        (
+            "expired",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "nbf": now - 600, "exp": now - 1 })),
+            ),
+            401,
+            700024,
+            "valid time range",
+        ),
+        (
+            "not yet valid",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "nbf": now + 300, "exp": now + 600 })),
+            ),
+            401,
+            700024,
+            "valid time range",
+        ),
+        (
+            "valid for an hour",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "nbf": now, "exp": now + 3600 })),
+            ),
+            401,
+            700024,
+            "valid for 3600 seconds",
+        ),
+        (
+            "no nbf",
+            sp.sign(
+                Alg::Ps256,
+                &good_header,
+                &claims_with(json!({ "nbf": null })),
+            ),
+            401,
+            700024,
+            "'nbf'",
+        ),
+        (
+            "alg none",
+            format!("{none_header}.{claims_part}."),
+            401,
+            700027,
+            "not supported",
+        ),
+        (
+            "HMAC with the client secret (key confusion)",
+            jwt::sign(&claims_with(json!({})), cfg.client_secret.as_bytes()),
+            401,
+            70021,
+            "No matching federated identity record",
+        ),
+        ("not a JWT", "not.a-jwt".into(), 400, 50027, "malformed"),
+    ];
+    for (what, client_assertion, status, code, text) in &cases {
+        let reply = post_assertion(&entra, client_assertion).await;
+        assert_eq!(reply.status.as_u16(), *status, "{what}: {}", reply.text());
+        let error = if *status == 400 {
+            "invalid_request"
+        } else {
+            "invalid_client"
+        };
+        assert_entra_error(&reply, *status, error, *code);
+        assert_description_contains(&reply, text);
+    }
+    assert_eq!(entra.tokens_issued(), 0);
+
+    // The assertion type is checked before the assertion.
+    let mut form = assertion_form(cfg, &valid);
+    form[2].1 = "urn:ietf:params:oauth:client-assertion-type:saml2-bearer";
+    let reply = post_token(&entra, &cfg.tenant_id, &form).await;
+    assert_entra_error(&reply, 400, "invalid_request", 90011);
+    form.remove(2);
+    let reply = post_token(&entra, &cfg.tenant_id, &form).await;
+    assert_entra_error(&reply, 400, "invalid_request", 900144);
+    assert_description_contains(&reply, "client_assertion_type");
+
+    // Refusals above did not burn the jti; the first use passes and a replay does not.
+    access_token(&post_assertion(&entra, &valid).await);
+    let replayed = post_assertion(&entra, &valid).await;
+    assert_entra_error(&replayed, 401, "invalid_client", 700027);
+    assert_description_contains(&replayed, "already used");
+    assert_eq!(entra.tokens_issued(), 1);
+}
+
+#[tokio::test]
+async fn federated_tokens_are_checked_against_the_trust() {
+    let f = fakes().await;
+    let entra = &f.entra;
+    let trust = &entra.config().federated;
+    assert_eq!(trust.audience, FEDERATED_AUDIENCE);
+
+    let token = access_token(&post_assertion(entra, &entra.federated_token()).await);
+    let claims = jwt::verify(&token, &entra.config().signing_key).expect("token verifies");
+    assert_eq!(claims["appid"], entra.config().client_id.as_str());
+    assert_eq!(devops_with(&f.devops, &token).await.status, StatusCode::OK);
+    let (header, claims) = entra.last_assertion().expect("assertion recorded");
+    assert_eq!(header["alg"], "HS256");
+    assert_eq!(claims["sub"], trust.subject.as_str());
+
+    let other_subject =
+        entra.federated_token_with(json!({ "sub": "system:serviceaccount:apps:db" }));
+    let reply = post_assertion(entra, &other_subject).await;
+    assert_entra_error(&reply, 401, "invalid_client", 70021);
+    assert_description_contains(
+        &reply,
+        &format!(
+            "Assertion Issuer: '{}'. Assertion Subject: 'system:serviceaccount:apps:db'. \
+             Assertion Audience: '{FEDERATED_AUDIENCE}'.",
+            trust.issuer
+        ),
+    );
+    for (what, overrides) in [
+        (
+            "issuer",
+            json!({ "iss": "https://token.actions.githubusercontent.com" }),
+        ),
+        ("audience", json!({ "aud": "api://SomethingElse" })),
+    ] {
+        let reply = post_assertion(entra, &entra.federated_token_with(overrides)).await;
+        assert_entra_error(&reply, 401, "invalid_client", 70021);
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}");
+    }
+    let aud_list = entra.federated_token_with(json!({ "aud": ["x", FEDERATED_AUDIENCE] }));
+    access_token(&post_assertion(entra, &aud_list).await);
+
+    let reply = post_assertion(entra, &entra.forged_federated_token()).await;
+    assert_entra_error(&reply, 401, "invalid_client", 700027);
+    let now = jwt::now();
+    let expired = entra.federated_token_with(json!({ "nbf": now - 700, "exp": now - 5 }));
+    let reply = post_assertion(entra, &expired).await;
+    assert_entra_error(&reply, 401, "invalid_client", 700024);
+    assert_eq!(entra.tokens_issued(), 2);
+}
+
+#[tokio::test]
+async fn imds_issues_string_typed_managed_identity_tokens() {
+    let f = fakes().await;
+    let entra = &f.entra;
+    let cfg = entra.config();
+    let url = |query: &str| format!("{}?{query}", entra.imds_url());
+    let good = format!("api-version=2018-02-01&resource={DEVOPS_RESOURCE}");
+    let metadata = [("metadata", "true")];
+
+    let reply = get(&url(&good), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.json(),
+        json!({
+            "error": "invalid_request",
+            "error_description": "Required metadata header not specified",
+        })
+    );
+    let reply = get(&url(&format!("{good}&client_id=not-attached")), &metadata).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.json(),
+        json!({ "error": "invalid_request", "error_description": "Identity not found" })
+    );
+    let reply = get(
+        &url("api-version=2018-02-01&resource=https://graph.microsoft.com/"),
+        &metadata,
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"], "invalid_resource");
+    let reply = get(&url(&format!("resource={DEVOPS_RESOURCE}")), &metadata).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert!(reply.text().contains("api-version"), "{}", reply.text());
+
+    entra.set_lifetime(3599);
+    let reply = get(&url(&good), &metadata).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let body = reply.json();
+    for field in [
+        "access_token",
+        "client_id",
+        "expires_in",
+        "expires_on",
+        "ext_expires_in",
+        "not_before",
+        "resource",
+        "token_type",
+    ] {
+        assert!(body[field].is_string(), "{field} is not a string: {body}");
+    }
+    assert_eq!(body["expires_in"], "3599");
+    assert_eq!(body["client_id"], cfg.managed_identity_client_id.as_str());
+    assert_eq!(body["resource"], DEVOPS_RESOURCE);
+    let expires_on: u64 = body["expires_on"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("expires_on is unix seconds");
+    assert!(expires_on.abs_diff(jwt::now() + 3599) <= 2);
+    let token = body["access_token"].as_str().expect("token");
+    let claims = jwt::verify(token, &cfg.signing_key).expect("token verifies");
+    assert_eq!(claims["appid"], cfg.managed_identity_client_id.as_str());
+    assert_eq!(claims["oid"], SYSTEM_ASSIGNED_OBJECT_ID);
+    assert_eq!(devops_with(&f.devops, token).await.status, StatusCode::OK);
+
+    let user = get(
+        &url(&format!("{good}&client_id={}", cfg.user_assigned_client_id)),
+        &metadata,
+    )
+    .await
+    .json();
+    assert_eq!(user["client_id"], cfg.user_assigned_client_id.as_str());
+    let claims = jwt::verify(
+        user["access_token"].as_str().expect("token"),
+        &cfg.signing_key,
+    )
+    .expect("token verifies");
+    assert_eq!(claims["oid"], USER_ASSIGNED_OBJECT_ID);
+    assert_eq!(
+        (entra.managed_identity_requests(), entra.tokens_issued()),
+        (6, 2)
+    );
+    assert_eq!(entra.token_requests(), 0);
+}
+
+#[tokio::test]
+async fn managed_identity_endpoints_obey_the_modes() {
+    let entra = FakeEntra::start(EntraConfig::default()).await;
+    let imds = format!(
+        "{}?api-version=2018-02-01&resource={DEVOPS_RESOURCE}",
+        entra.imds_url()
+    );
+    let app_service = format!(
+        "{}?api-version=2019-08-01&resource={DEVOPS_RESOURCE}",
+        entra.app_service_url()
+    );
+    let fetch_imds = || get(&imds, &[("metadata", "true")]);
+    let identity_header = [("x-identity-header", entra.identity_header())];
+    let fetch_app_service = || get(&app_service, &identity_header);
+
+    entra.set_mode(EntraMode::Fail {
+        status: 503,
+        code: "AADSTS50001".into(),
+    });
+    for reply in [fetch_imds().await, fetch_app_service().await] {
+        assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+        let body = reply.json();
+        assert_eq!(body["error"], "temporarily_unavailable");
+        assert!(
+            body["error_description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("AADSTS50001: ")),
+            "{body}"
+        );
+    }
+    entra.set_mode(EntraMode::Fail {
+        status: 404,
+        code: "not_found".into(),
+    });
+    let reply = fetch_imds().await;
+    assert_eq!(
+        (reply.status, reply.json()["error"].clone()),
+        (StatusCode::NOT_FOUND, json!("not_found"))
+    );
+
+    entra.set_mode(EntraMode::Throttle {
+        retry_after_secs: 5,
+    });
+    let reply = fetch_imds().await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(reply.header("retry-after"), Some("5"));
+
+    entra.set_mode(EntraMode::Garbage);
+    assert_eq!(fetch_app_service().await.text(), "<html>not json");
+
+    entra.set_mode(EntraMode::ExpiresIn(json!(3599)));
+    assert_eq!(fetch_imds().await.json()["expires_in"], 3599);
+    entra.set_mode(EntraMode::AccessToken(json!("")));
+    assert_eq!(fetch_app_service().await.json()["access_token"], "");
+
+    entra.set_mode(EntraMode::Hang);
+    let hung = tokio::time::timeout(Duration::from_millis(300), fetch_imds()).await;
+    assert!(hung.is_err(), "Hang mode answered");
+    assert_eq!(entra.managed_identity_requests(), 8);
+    assert_eq!(entra.tokens_issued(), 1);
+}
+
+#[tokio::test]
+async fn app_service_wants_its_header_and_sends_no_expires_in() {
+    let f = fakes().await;
+    let entra = &f.entra;
+    let cfg = entra.config();
+    let url = format!(
+        "{}?api-version=2019-08-01&resource={DEVOPS_RESOURCE}",
+        entra.app_service_url()
+    );
+
+    let reply = get(&url, &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.json()["error"], "invalid_request");
+    let reply = get(&url, &[("x-identity-header", "guessed")]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert!(reply.json()["error"].is_string());
+    // IMDS' header is not App Service's.
+    let reply = get(&url, &[("metadata", "true")]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+
+    let header = [("x-identity-header", entra.identity_header())];
+    let body = get(&url, &header).await.json();
+    let fields: Vec<&str> = body
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "access_token",
+            "client_id",
+            "expires_on",
+            "resource",
+            "token_type"
+        ]
+    );
+    assert!(
+        body["expires_on"]
+            .as_str()
+            .is_some_and(|s| s.parse::<u64>().is_ok())
+    );
+    assert_eq!(body["client_id"], cfg.managed_identity_client_id.as_str());
+    let token = body["access_token"].as_str().expect("token");
+    assert_eq!(devops_with(&f.devops, token).await.status, StatusCode::OK);
+
+    let user = get(
+        &format!("{url}&client_id={}", cfg.user_assigned_client_id),
+        &header,
+    )
+    .await
+    .json();
+    assert_eq!(user["client_id"], cfg.user_assigned_client_id.as_str());
+    let reply = get(&format!("{url}&client_id=not-attached"), &header).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let old_version = url.replace("2019-08-01", "2017-09-01");
+    assert_eq!(
+        get(&old_version, &header).await.status,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(entra.managed_identity_requests(), 7);
+}
+
+#[tokio::test]
+async fn github_oidc_tokens_exchange_only_for_the_right_audience() {
+    let f = fakes().await;
+    let entra = &f.entra;
+    let audience = "&audience=api%3A%2F%2FAzureADTokenExchange";
+    let url = format!("{}{audience}", entra.github_request_url());
+
+    assert_eq!(get(&url, &[]).await.status, StatusCode::UNAUTHORIZED);
+    let wrong = get(&url, &[("authorization", "Bearer not-the-request-token")]).await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+
+    let bearer = format!("Bearer {}", entra.github_request_token());
+    let body = get(&url, &[("authorization", &bearer)]).await.json();
+    assert_eq!(body["count"], 1);
+    let oidc = body["value"].as_str().expect("value is the token");
+    let (_, claims) = assertion::decode_unverified(oidc).expect("a JWT");
+    assert_eq!(claims["aud"], FEDERATED_AUDIENCE);
+    assert_eq!(claims["iss"], entra.config().federated.issuer.as_str());
+    let token = access_token(&post_assertion(entra, oidc).await);
+    assert_eq!(devops_with(&f.devops, &token).await.status, StatusCode::OK);
+
+    let default_audience = get(&entra.github_request_url(), &[("authorization", &bearer)])
+        .await
+        .json();
+    let reply = post_assertion(entra, default_audience["value"].as_str().expect("token")).await;
+    assert_entra_error(&reply, 401, "invalid_client", 70021);
+    assert_eq!(entra.github_requests(), 4);
+}
+
+#[tokio::test]
+async fn devops_refuses_revoked_tokens_and_non_members() {
+    let f = fakes().await;
+    let cfg = f.entra.config();
+    let secret_token =
+        || async { access_token(&post_token(&f.entra, &cfg.tenant_id, &good_form(cfg)).await) };
+    let first = secret_token().await;
+    assert_eq!(devops_with(&f.devops, &first).await.status, StatusCode::OK);
+    f.devops.revoke_seen_tokens();
+    let reply = devops_with(&f.devops, &first).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some("Bearer authorization_uri=https://login.microsoftonline.com/common")
+    );
+    let second = secret_token().await;
+    assert_eq!(devops_with(&f.devops, &second).await.status, StatusCode::OK);
+
+    let recorded = f.devops.requests();
+    assert_eq!(
+        recorded.iter().map(|r| r.authorized).collect::<Vec<_>>(),
+        [true, false, true]
+    );
+    let jtis: Vec<Value> = recorded
+        .iter()
+        .map(|r| token_claims_of(r).expect("bearer claims")["jti"].clone())
+        .collect();
+    assert_eq!(jtis[0], jtis[1]);
+    assert_ne!(jtis[0], jtis[2]);
+
+    f.devops.set_members(Some(vec![OBJECT_ID.to_owned()]));
+    assert_eq!(devops_with(&f.devops, &second).await.status, StatusCode::OK);
+    let imds = format!(
+        "{}?api-version=2018-02-01&resource={DEVOPS_RESOURCE}",
+        f.entra.imds_url()
+    );
+    let mi_token = get(&imds, &[("metadata", "true")]).await.json()["access_token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let reply = devops_with(&f.devops, &mi_token).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        reply.json(),
+        json!({
+            "$id": "1",
+            "innerException": null,
+            "message": format!(
+                "TF400813: The user '{SYSTEM_ASSIGNED_OBJECT_ID}' is not authorized to access \
+                 this resource."
+            ),
+            "typeName": "Microsoft.TeamFoundation.Framework.Server.UnauthorizedRequestException, \
+                         Microsoft.TeamFoundation.Framework.Server",
+            "typeKey": "UnauthorizedRequestException",
+            "errorCode": 0,
+            "eventId": 3000,
+        })
+    );
+    let last = f.devops.requests().pop().expect("recorded");
+    assert!(!last.authorized);
+    assert_eq!(
+        token_claims_of(&last).expect("claims")["appid"],
+        cfg.managed_identity_client_id.as_str()
+    );
+    f.devops.set_members(None);
+    assert_eq!(
+        devops_with(&f.devops, &mi_token).await.status,
+        StatusCode::OK
     );
 }

@@ -2,9 +2,11 @@
 //! and `/_test/...` endpoints that stress streaming, hop-by-hop headers and failure paths.
 //!
 //! Every request is recorded before anything else, and only a Bearer JWT signed with the shared
-//! key, for the Azure DevOps audience and not expired, gets past the 401. Bodies are streamed in
-//! both directions and never held whole, so a proxy that buffers shows up in the counters.
+//! key, for the Azure DevOps audience and not expired, gets past the 401; tests can also revoke
+//! tokens and restrict the organization's members. Bodies are streamed in both directions and never
+//! held whole, so a proxy that buffers shows up in the counters.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +23,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
 use super::entra::DEVOPS_RESOURCE;
-use super::{Body, PeerAddr, Server, body_channel, empty, full, json_response, jwt, query_param};
+use super::{
+    Body, PeerAddr, Server, assertion, body_channel, empty, full, json_response, jwt, query_param,
+};
 
 const CHUNK: usize = 64 * 1024;
 const GATE_AT: u64 = 1024 * 1024;
@@ -57,6 +61,42 @@ struct State {
     uploads_broken: AtomicU64,
     download_bytes: AtomicU64,
     gate: Semaphore,
+    /// `jti`s of every valid token that has reached the fake.
+    seen_jtis: Mutex<HashSet<String>>,
+    revoked_jtis: Mutex<HashSet<String>>,
+    /// Object ids added to the organization; `None` admits every principal.
+    members: Mutex<Option<Vec<String>>>,
+}
+
+/// Why a correctly signed token is still refused.
+enum Refused {
+    Revoked,
+    NotMember(String),
+}
+
+impl State {
+    fn admit(&self, claims: &Value) -> Result<(), Refused> {
+        let jti = claims["jti"].as_str().unwrap_or_default();
+        self.seen_jtis
+            .lock()
+            .expect("seen lock")
+            .insert(jti.to_owned());
+        if self
+            .revoked_jtis
+            .lock()
+            .expect("revoked lock")
+            .contains(jti)
+        {
+            return Err(Refused::Revoked);
+        }
+        let oid = claims["oid"].as_str().unwrap_or_default();
+        match &*self.members.lock().expect("members lock") {
+            Some(members) if !members.iter().any(|m| m == oid) => {
+                Err(Refused::NotMember(oid.to_owned()))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 pub struct FakeDevOps {
@@ -86,6 +126,9 @@ impl FakeDevOps {
             uploads_broken: AtomicU64::new(0),
             download_bytes: AtomicU64::new(0),
             gate: Semaphore::new(0),
+            seen_jtis: Mutex::default(),
+            revoked_jtis: Mutex::default(),
+            members: Mutex::default(),
         });
         slot.set(state.clone())
             .unwrap_or_else(|_| unreachable!("set once"));
@@ -130,6 +173,24 @@ impl FakeDevOps {
     /// chunk ahead of the socket).
     pub fn download_bytes_sent(&self) -> u64 {
         self.state.download_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Refuses from now on every token (told apart by `jti`) that has reached the fake so far, as
+    /// Azure DevOps refuses a token revoked or invalidated (CAE) before its expiry; tokens first
+    /// seen later still pass.
+    pub fn revoke_seen_tokens(&self) {
+        let seen = self.state.seen_jtis.lock().expect("seen lock").clone();
+        self.state
+            .revoked_jtis
+            .lock()
+            .expect("revoked lock")
+            .extend(seen);
+    }
+
+    /// With `Some(object_ids)`, only those principals are members of the organization; any other
+    /// valid token gets Azure DevOps' TF400813 refusal. `None` (the default) admits everyone.
+    pub fn set_members(&self, object_ids: Option<Vec<String>>) {
+        *self.state.members.lock().expect("members lock") = object_ids;
     }
 
     /// Lets one gated download (waiting now or the next to arrive) continue past its first MiB.
@@ -273,9 +334,18 @@ fn authorize(headers: &HeaderMap, key: &[u8]) -> Option<Value> {
     (claims["aud"] == DEVOPS_RESOURCE).then_some(claims)
 }
 
+/// Claims of the Bearer token a recorded request carried, signature unchecked: which identity
+/// (`appid`, `oid`) reached the upstream.
+pub fn token_claims_of(req: &RecordedRequest) -> Option<Value> {
+    let value = req.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (_, claims) = assertion::decode_unverified(value.strip_prefix("Bearer ")?)?;
+    Some(claims)
+}
+
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let claims = authorize(&parts.headers, &state.cfg.signing_key);
+    let refused = claims.as_ref().map(|claims| state.admit(claims));
     let body_bytes = Arc::new(AtomicU64::new(0));
     state
         .requests
@@ -287,7 +357,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 uri: request_target(&parts),
                 headers: parts.headers.clone(),
                 body_bytes: 0,
-                authorized: claims.is_some(),
+                authorized: matches!(refused, Some(Ok(()))),
             },
             body_bytes: body_bytes.clone(),
         });
@@ -295,9 +365,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         inner: body,
         counted: body_bytes,
     };
-    let Some(claims) = claims else {
-        body.drain();
-        return unauthorized();
+    let claims = match (claims, refused) {
+        (Some(claims), Some(Ok(()))) => claims,
+        (_, Some(Err(Refused::NotMember(oid)))) => {
+            body.drain();
+            return not_member(&oid);
+        }
+        _ => {
+            body.drain();
+            return unauthorized();
+        }
     };
 
     let path = parts.uri.path().to_owned();
@@ -388,6 +465,32 @@ fn unauthorized() -> Response<Body> {
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(full("Access Denied: valid Bearer token required\n"))
         .expect("static response")
+}
+
+/// Azure DevOps' answer to a valid token of a principal never added to the organization. It
+/// carries the same challenges as any other 401, so only the body tells it from a bad token.
+fn not_member(oid: &str) -> Response<Body> {
+    let mut res = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({
+            "$id": "1",
+            "innerException": null,
+            "message": format!(
+                "TF400813: The user '{oid}' is not authorized to access this resource."
+            ),
+            "typeName": "Microsoft.TeamFoundation.Framework.Server.UnauthorizedRequestException, \
+                         Microsoft.TeamFoundation.Framework.Server",
+            "typeKey": "UnauthorizedRequestException",
+            "errorCode": 0,
+            "eventId": 3000,
+        }),
+    );
+    let challenges = unauthorized();
+    for value in challenges.headers().get_all(header::WWW_AUTHENTICATE) {
+        res.headers_mut()
+            .append(header::WWW_AUTHENTICATE, value.clone());
+    }
+    res
 }
 
 fn connection_data(state: &State, claims: &Value, org: &str) -> Response<Body> {

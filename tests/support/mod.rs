@@ -2,11 +2,14 @@
 //!
 //! Both are real HTTP servers on 127.0.0.1 port 0 that check credentials cryptographically, so a
 //! test passes only when the proxy really sent a valid token, never because a fake was lenient.
+//! `fixtures` holds the committed test certificate and keys, `assertion` a client-assertion signer.
 // Not every test binary or example uses every helper, and `pub` is how helpers are shared here.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod assertion;
 pub mod devops;
 pub mod entra;
+pub mod fixtures;
 pub mod jwt;
 
 use std::convert::Infallible;
