@@ -39,7 +39,12 @@ pub struct Options {
     pub entra_mode: Option<EntraMode>,
     /// `[inbound]` and `[[clients]]` tables; empty means open mode allowing every call.
     pub access_toml: String,
+    /// `[identities.*]` tables, written once the fake Entra ID is up; none means the default
+    /// identity with the fake's client secret.
+    pub identities: Option<IdentitiesToml>,
 }
+
+pub type IdentitiesToml = Box<dyn Fn(&FakeEntra) -> String + Send + Sync>;
 
 /// Open mode, every call allowed: the sidecar setup, for tests about the rest of the path.
 pub const OPEN_ALLOW_ALL: &str = r#"
@@ -81,7 +86,10 @@ impl Stack {
                 format!("address = \"127.0.0.1:0\"\n{}", options.listen_toml)
             },
             upstream = options.upstream_toml,
-            identity = entra.identity_toml(None),
+            identity = match &options.identities {
+                Some(identities) => identities(entra),
+                None => entra.identity_toml(None),
+            },
             access = if options.access_toml.is_empty() {
                 OPEN_ALLOW_ALL
             } else {

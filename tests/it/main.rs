@@ -12,5 +12,6 @@ mod cli;
 mod forwarding;
 mod git;
 mod harness;
+mod identities;
 mod streaming;
 mod tokens;
