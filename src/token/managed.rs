@@ -22,11 +22,20 @@ pub(super) async fn fetch(
             IMDS_API_VERSION,
             http.get(&identity.endpoint).header("Metadata", "true"),
         ),
-        ManagedProtocol::AppService { identity_header } => (
-            APP_SERVICE_API_VERSION,
-            http.get(&identity.endpoint)
-                .header("X-IDENTITY-HEADER", identity_header.expose()),
-        ),
+        ManagedProtocol::AppService { identity_header } => {
+            let mut header =
+                http::HeaderValue::from_str(identity_header.expose()).map_err(|_| {
+                    FetchError::Credential(
+                        "IDENTITY_HEADER holds characters not allowed in a header".into(),
+                    )
+                })?;
+            header.set_sensitive(true);
+            (
+                APP_SERVICE_API_VERSION,
+                http.get(&identity.endpoint)
+                    .header("X-IDENTITY-HEADER", header),
+            )
+        }
     };
     let mut query = vec![("api-version", api_version), ("resource", resource)];
     if let Some(client_id) = &identity.client_id {

@@ -91,7 +91,10 @@ enum SourceKind {
         endpoint: String,
         proof: Proof,
     },
-    Managed(crate::config::ManagedIdentity),
+    Managed {
+        identity: crate::config::ManagedIdentity,
+        resource: String,
+    },
 }
 
 impl TokenSource {
@@ -118,7 +121,10 @@ impl TokenSource {
                     proof: proof.clone(),
                 }
             }
-            Credential::Managed(managed) => SourceKind::Managed(managed.clone()),
+            Credential::Managed(managed) => SourceKind::Managed {
+                identity: managed.clone(),
+                resource: identity.resource().to_string(),
+            },
         };
         Ok(Self {
             kind,
@@ -134,9 +140,8 @@ impl TokenSource {
                 endpoint,
                 proof,
             } => self.fetch_from_entra(app, endpoint, proof).await,
-            SourceKind::Managed(managed) => {
-                let resource = self.scope.strip_suffix("/.default").unwrap_or(&self.scope);
-                managed::fetch(managed, resource, &self.http).await
+            SourceKind::Managed { identity, resource } => {
+                managed::fetch(identity, resource, &self.http).await
             }
         }
     }
