@@ -165,6 +165,8 @@ pub struct Exchange {
     outcome: Outcome,
     client: Option<Arc<Client>>,
     rule: Option<usize>,
+    /// Sent a second time with a renewed token after Azure DevOps refused the first.
+    replayed: bool,
 }
 
 impl Exchange {
@@ -183,6 +185,7 @@ impl Exchange {
             outcome: Outcome::ClientGone,
             client: None,
             rule: None,
+            replayed: false,
         }
     }
 
@@ -192,6 +195,10 @@ impl Exchange {
 
     pub fn set_rule(&mut self, index: usize) {
         self.rule = Some(index);
+    }
+
+    pub fn set_replayed(&mut self) {
+        self.replayed = true;
     }
 
     /// Time spent waiting for Azure DevOps' answers (summed over a replay).
@@ -231,6 +238,7 @@ impl Drop for Exchange {
                 .upstream_time
                 .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
             outcome = self.outcome.as_str(),
+            replayed = self.replayed.then_some(true),
         );
     }
 }

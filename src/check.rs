@@ -28,13 +28,8 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
             return (report, false);
         }
     };
-    let devops = match reqwest::Client::builder()
-        .tls_backend_preconfigured(tls.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION")))
-        .build()
-    {
+    // Like the forwarding client, no HTTP proxy: check must see what `run` will see.
+    let devops = match crate::token::http_client::build(tls.clone(), false) {
         Ok(client) => client,
         Err(error) => {
             let _ = writeln!(report, "cannot build the HTTP client: {error}");
@@ -125,7 +120,7 @@ async fn check_identity(
         .header("X-TFS-FedAuthRedirect", "Suppress")
         .send()
         .await;
-    let response = match answer {
+    let mut response = match answer {
         Ok(response) => response,
         Err(error) => {
             let _ = writeln!(
@@ -137,7 +132,11 @@ async fn check_identity(
         }
     };
     let status = response.status();
-    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let body: Value = crate::token::http_client::read_capped(&mut response)
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice(&body).ok())
+        .unwrap_or(Value::Null);
     if status.is_success() && status != http::StatusCode::NON_AUTHORITATIVE_INFORMATION {
         let user = &body["authenticatedUser"];
         let name = user["providerDisplayName"].as_str().unwrap_or("?");

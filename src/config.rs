@@ -26,6 +26,7 @@ pub const AZURE_DEVOPS_SCOPE: &str = "499b84ac-1321-427f-aa17-267ca6975798/.defa
 pub const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
 pub const DEFAULT_IDENTITY: &str = "default";
 const ENV_PREFIX: &str = "ADO_AUTH_PROXY_";
+const MAX_REPLAY_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -728,7 +729,17 @@ impl Validator<'_> {
             connect_timeout: raw.connect_timeout.0,
             response_timeout: raw.response_timeout.0,
             pool_idle_timeout: raw.pool_idle_timeout.0,
-            max_replay_body_bytes: raw.max_replay_body_bytes,
+            max_replay_body_bytes: if raw.max_replay_body_bytes <= MAX_REPLAY_BODY_BYTES {
+                raw.max_replay_body_bytes
+            } else {
+                return Err(self.error(
+                    "upstream.max_replay_body_bytes",
+                    format!(
+                        "must be at most {MAX_REPLAY_BODY_BYTES} (16 MiB): every request up to this \
+                         size is held in memory"
+                    ),
+                ));
+            },
         })
     }
 
@@ -798,7 +809,7 @@ impl Validator<'_> {
         }
         let credential = match raw.credential {
             Some(credential) => credential,
-            None => self.credential_from_env(&key("credential"), &from_env)?,
+            None => self.credential_from_env(&key("credential"), is_default, &from_env)?,
         };
         let client_id = raw.client_id.or_else(|| from_env("AZURE_CLIENT_ID"));
         if let Some(client_id) = &client_id
@@ -817,12 +828,19 @@ impl Validator<'_> {
                 endpoint,
                 identity_header,
             } => {
-                let managed = self.managed_identity(
-                    &key("credential"),
-                    endpoint,
-                    identity_header,
-                    &from_env,
-                )?;
+                for (field, given) in [
+                    ("tenant_id", raw.tenant_id.is_some()),
+                    ("authority", raw.authority.is_some()),
+                ] {
+                    if given {
+                        return Err(self.error(
+                            &key(field),
+                            "does not apply to a managed identity: its endpoint knows the tenant",
+                        ));
+                    }
+                }
+                let managed =
+                    self.managed_identity(&key("credential"), endpoint, identity_header)?;
                 return Ok(Identity {
                     name,
                     scope,
@@ -928,6 +946,7 @@ impl Validator<'_> {
     fn credential_from_env(
         &self,
         key: &str,
+        is_default: bool,
         from_env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<RawCredential, ConfigError> {
         let credential = if from_env("AZURE_CLIENT_SECRET").is_some() {
@@ -960,11 +979,18 @@ impl Validator<'_> {
                 identity_header: None,
             }
         } else {
+            let kinds = "is missing; set credential = { kind = \"client_secret\" | \
+                         \"client_certificate\" | \"workload_identity\" | \"managed_identity\", ... }";
             return Err(self.error(
                 key,
-                "is missing; set credential = { kind = \"client_secret\" | \"client_certificate\" | \
-                 \"workload_identity\" | \"managed_identity\", ... } or one of AZURE_CLIENT_SECRET, \
-                 AZURE_CLIENT_CERTIFICATE_PATH, AZURE_FEDERATED_TOKEN_FILE",
+                if is_default {
+                    format!(
+                        "{kinds} or one of AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, \
+                         AZURE_FEDERATED_TOKEN_FILE"
+                    )
+                } else {
+                    kinds.to_string()
+                },
             ));
         };
         Ok(credential)
@@ -1086,18 +1112,30 @@ impl Validator<'_> {
         key: &str,
         endpoint: Option<String>,
         identity_header: Option<Secret>,
-        from_env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ManagedIdentity, ConfigError> {
-        // App Service and Container Apps announce their endpoint; everything else has IMDS.
-        let (endpoint, identity_header) = match (endpoint, identity_header) {
-            (Some(endpoint), header) => (endpoint, header),
-            (None, header) => match from_env("IDENTITY_ENDPOINT") {
-                Some(endpoint) => (
-                    endpoint,
-                    header.or_else(|| from_env("IDENTITY_HEADER").map(Secret::new)),
-                ),
-                None => (IMDS_ENDPOINT.to_string(), header),
-            },
+        // App Service and Container Apps announce their endpoint to the whole container, so it
+        // serves every managed identity; everything else has IMDS.
+        let env = |var: &str| Env::var(var).filter(|v| !v.is_empty());
+        let platform_endpoint = env("IDENTITY_ENDPOINT");
+        let from_platform = endpoint.is_none() || endpoint == platform_endpoint;
+        let identity_header = identity_header.or_else(|| {
+            from_platform
+                .then(|| env("IDENTITY_HEADER").map(Secret::new))
+                .flatten()
+        });
+        let endpoint = match (endpoint, platform_endpoint) {
+            (Some(endpoint), _) => endpoint,
+            (None, Some(platform)) => {
+                if identity_header.is_none() {
+                    return Err(self.error(
+                        key,
+                        "IDENTITY_ENDPOINT is set without IDENTITY_HEADER (Azure Arc?), a managed \
+                         identity protocol this proxy does not speak; set endpoint explicitly",
+                    ));
+                }
+                platform
+            }
+            (None, None) => IMDS_ENDPOINT.to_string(),
         };
         let endpoint_key = format!("{key}.endpoint");
         let uri: Uri = endpoint
@@ -1433,8 +1471,13 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("cert.pem", "not checked here")?;
             let identity = |credential: &str| {
+                let tenant = if credential.contains("managed_identity") {
+                    ""
+                } else {
+                    "tenant_id = \"t\"\n"
+                };
                 format!(
-                    "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = {credential}\n"
+                    "[identities.default]\n{tenant}client_id = \"c\"\ncredential = {credential}\n"
                 )
             };
             let config = Config::from_toml(&identity(
@@ -1499,6 +1542,21 @@ mod tests {
             assert_eq!(
                 config.identities[0].resource(),
                 "499b84ac-1321-427f-aa17-267ca6975798"
+            );
+            let message = error_of(
+                "[identities.default]\ntenant_id = \"t\"\ncredential = { kind = \"managed_identity\" }\n",
+            );
+            assert!(
+                message.contains("identities.default.tenant_id"),
+                "{message}"
+            );
+            let message = error_of(&format!(
+                "{}[upstream]\nmax_replay_body_bytes = 1000000000\n",
+                identity(r#"{ kind = "managed_identity" }"#)
+            ));
+            assert!(
+                message.contains("upstream.max_replay_body_bytes"),
+                "{message}"
             );
             Ok(())
         });

@@ -134,9 +134,10 @@ impl Rejection {
                     .into()
             }
             Rejection::TokenRefused { replayed: false } => {
-                "Azure DevOps refused the service principal's token. The proxy is renewing it; this \
-                 request could not be replayed (its body was streamed, or a renewal was just \
-                 attempted). Retry the request."
+                "Azure DevOps refused the service principal's token, and this request could not be \
+                 replayed with a renewed one (its body was streamed, a renewal was just tried, or \
+                 the identity's endpoint hands out the same token). Retry it; if this persists, run \
+                 `ado-auth-proxy check --organization ORG` on the proxy."
                     .into()
             }
             Rejection::BodyTimeout => "The request body did not arrive in time.".into(),

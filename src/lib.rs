@@ -93,7 +93,10 @@ impl App {
         let mut caches = Vec::with_capacity(config.identities.len());
         let mut refreshers = Vec::with_capacity(config.identities.len());
         for identity in &config.identities {
-            let cache = Arc::new(TokenCache::new(identity.name.clone()));
+            // Managed identity endpoints return their cached token, so asking again after Azure
+            // DevOps refused it cannot help.
+            let renewable = !matches!(identity.credential, config::Credential::Managed(_));
+            let cache = Arc::new(TokenCache::new(identity.name.clone(), renewable));
             let source = TokenSource::new(identity, &tls).map_err(StartError::Credential)?;
             refreshers.push(tokio::spawn(token::run_refresher(
                 source,
@@ -107,7 +110,7 @@ impl App {
                 .iter()
                 .find(|c| c.identity() == identity)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(TokenCache::new(identity)))
+                .unwrap_or_else(|| Arc::new(TokenCache::new(identity, true)))
         };
         let mode = match &config.inbound.mode {
             InboundMode::Keys => auth::Mode::Keys {

@@ -128,11 +128,16 @@ impl Proxy {
             })?;
         exchange.set_rule(rule);
         let token = &client.token;
-        let bearer = token.bearer().ok_or_else(|| Rejection::TokenUnavailable {
+        let unavailable = || Rejection::TokenUnavailable {
             retry_after: token.retry_after(),
-        })?;
+        };
+        // Checked before any body is read, and again after: a slow small body must not outlive
+        // the token it would be sent with.
+        token.bearer().ok_or_else(unavailable)?;
 
         let (mut parts, body) = request.into_parts();
+        let body = self.upload(body, exchange).await?;
+        let bearer = token.bearer().ok_or_else(unavailable)?;
         headers::prepare_request(
             &mut parts.headers,
             self.upstream.host_header(),
@@ -144,7 +149,6 @@ impl Proxy {
             .map_err(|_| Rejection::BadRequest("The request target cannot be forwarded"))?;
         // The pool picks HTTP/1.1 or h2 by ALPN; an h2 client must not force h2 upstream.
         parts.version = Version::HTTP_11;
-        let body = self.upload(body, exchange).await?;
         let replay = match &body {
             UploadBody::Kept(data) => Some(Replay {
                 method: parts.method.clone(),
@@ -159,8 +163,11 @@ impl Proxy {
             .send(Request::from_parts(parts, body), exchange)
             .await?;
         if token_refused(&response) {
+            let status = response.status();
+            // Not read: its connection is closed rather than held while a new token comes.
+            drop(response);
             response = self
-                .renew_and_replay(token, &bearer, replay, &response, exchange)
+                .renew_and_replay(token, &bearer, replay, status, exchange)
                 .await?;
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -222,19 +229,18 @@ impl Proxy {
         token: &Arc<TokenCache>,
         refused: &HeaderValue,
         replay: Option<Replay>,
-        response: &Response<Incoming>,
+        status: StatusCode,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
         tracing::warn!(
             identity = token.identity(),
             request_id = %exchange.request_id,
-            status = response.status().as_u16(),
+            status = status.as_u16(),
             replayable = replay.is_some(),
             "Azure DevOps refused the token; renewing it"
         );
         let Some(replay) = replay else {
-            let (token, refused) = (token.clone(), refused.clone());
-            tokio::spawn(async move { token.renew_refused(&refused, RENEWAL_WAIT).await });
+            token.request_renewal(refused);
             return Err(Rejection::TokenRefused { replayed: false });
         };
         let renewed = token
@@ -249,6 +255,7 @@ impl Proxy {
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, renewed);
+        exchange.set_replayed();
         let response = self.send(request, exchange).await?;
         if token_refused(&response) {
             return Err(Rejection::TokenRefused { replayed: true });

@@ -51,6 +51,18 @@ impl SigningCertificate {
             }
             pkcs12(path, &bytes)?
         };
+        // The RSAPublicKey sits verbatim inside the certificate's SubjectPublicKeyInfo: a key
+        // from another pair (a half-done rotation) is caught here, not as AADSTS700027 later.
+        let public_key = key.public().as_ref();
+        if !certificate_der
+            .windows(public_key.len())
+            .any(|window| window == public_key)
+        {
+            return Err(format!(
+                "{}: the private key does not belong to the certificate",
+                files.private_key_file.as_deref().unwrap_or(path).display()
+            ));
+        }
         Ok(Self {
             key,
             certificate_der,
@@ -133,15 +145,25 @@ fn pem_key(path: &Path, bytes: &[u8]) -> Result<RsaKeyPair, String> {
     let parsed = match &key {
         PrivateKeyDer::Pkcs8(der) => RsaKeyPair::from_pkcs8(der.secret_pkcs8_der()),
         PrivateKeyDer::Pkcs1(der) => RsaKeyPair::from_der(der.secret_pkcs1_der()),
-        _ => {
-            return Err(format!(
-                "{}: the key is not RSA; Entra ID certificate credentials need an RSA key",
-                path.display()
-            ));
-        }
+        _ => return Err(not_rsa(path)),
     };
-    // ring's rejection reasons name the key's shape, never its content.
-    parsed.map_err(|e| format!("{}: unusable RSA private key ({e})", path.display()))
+    parsed.map_err(|e| rejected(path, &e))
+}
+
+fn not_rsa(path: &Path) -> String {
+    format!(
+        "{}: the key is not RSA; Entra ID certificate credentials need an RSA key",
+        path.display()
+    )
+}
+
+/// ring's rejection reasons name the key's shape, never its content.
+fn rejected(path: &Path, error: &ring::error::KeyRejected) -> String {
+    if error.to_string() == "WrongAlgorithm" {
+        not_rsa(path)
+    } else {
+        format!("{}: unusable RSA private key ({error})", path.display())
+    }
 }
 
 fn pkcs12(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, RsaKeyPair), String> {
@@ -163,8 +185,7 @@ fn pkcs12(path: &Path, bytes: &[u8]) -> Result<(Vec<u8>, RsaKeyPair), String> {
         .certs()
         .first()
         .ok_or_else(|| format!("{}: the PKCS#12 file holds no certificate", path.display()))?;
-    let key = RsaKeyPair::from_pkcs8(chain.key().as_der())
-        .map_err(|e| format!("{}: unusable RSA private key ({e})", path.display()))?;
+    let key = RsaKeyPair::from_pkcs8(chain.key().as_der()).map_err(|e| rejected(path, &e))?;
     Ok((certificate.as_der().to_vec(), key))
 }
 

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::source::{FetchError, describe_reqwest_error, read_capped};
+use super::http_client::{describe_reqwest_error, read_capped};
+use super::source::FetchError;
 use crate::config::FederatedSource;
 
 pub(super) async fn federated_token(
@@ -57,8 +58,12 @@ async fn from_github(
     let status = response.status();
     let body = read_capped(&mut response).await?;
     if !status.is_success() {
+        let hint = match status.as_u16() {
+            401 | 403 => "; the job needs `permissions: id-token: write`",
+            _ => "",
+        };
         return Err(FetchError::Credential(format!(
-            "GitHub Actions' OIDC endpoint answered HTTP {}; the job needs `permissions: id-token: write`",
+            "GitHub Actions' OIDC endpoint answered HTTP {}{hint}",
             status.as_u16()
         )));
     }

@@ -4,9 +4,8 @@
 
 use std::time::Instant;
 
-use super::source::{
-    FetchError, IssuedToken, describe_reqwest_error, parse_token, read_capped, refusal,
-};
+use super::http_client::{describe_reqwest_error, read_capped, retry_after};
+use super::source::{FetchError, IssuedToken, parse_token, refusal};
 use crate::config::{ManagedIdentity, ManagedProtocol};
 
 const IMDS_API_VERSION: &str = "2018-02-01";
@@ -48,7 +47,7 @@ pub(super) async fn fetch(
         .await
         .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?;
     let status = response.status();
-    let retry_after = super::source::retry_after(&response);
+    let retry_after = retry_after(&response);
     let body = read_capped(&mut response).await?;
     match status.as_u16() {
         200..=299 => parse_token(&body, requested_at),

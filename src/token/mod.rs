@@ -6,6 +6,7 @@
 
 mod assertion;
 mod federated;
+pub mod http_client;
 mod managed;
 mod source;
 
@@ -51,8 +52,21 @@ pub struct TokenStatus {
 struct RefreshState {
     last_error: Option<String>,
     next_attempt: Option<Instant>,
-    /// When a refresh was last forced, and the attempt count it waits to see advance.
-    forced: Option<(Instant, u64)>,
+    /// Fetches the refresher has started, numbered from 1.
+    started: u64,
+    forced: Option<Forced>,
+}
+
+/// The last refresh forced by a refusal: when, and the fetch number it must see completed beyond.
+struct Forced {
+    at: Instant,
+    after: u64,
+}
+
+enum Renewal {
+    Ready(HeaderValue),
+    Pending { after: u64 },
+    Denied,
 }
 
 pub struct TokenCache {
@@ -61,56 +75,88 @@ pub struct TokenCache {
     state: Mutex<RefreshState>,
     /// Wakes the refresher before its schedule.
     refresh_now: Notify,
-    /// Counts finished fetch attempts, so a forced refresh can wait for the next one.
-    attempts: watch::Sender<u64>,
+    /// The number of the last fetch that finished, so a forced refresh can wait for its own.
+    completed: watch::Sender<u64>,
+    /// Whether fetching again can bring a different token: managed identity endpoints hand out
+    /// the same cached token until it nears expiry.
+    renewable: bool,
 }
 
 impl TokenCache {
-    pub fn new(identity: impl Into<String>) -> Self {
+    pub fn new(identity: impl Into<String>, renewable: bool) -> Self {
         Self {
             identity: identity.into(),
             current: ArcSwapOption::empty(),
             state: Mutex::new(RefreshState::default()),
             refresh_now: Notify::new(),
-            attempts: watch::Sender::new(0),
+            completed: watch::Sender::new(0),
+            renewable,
         }
+    }
+
+    /// Azure DevOps refused `refused`, a token we believed valid: asks the refresher for a new
+    /// one without waiting for it (the request cannot be replayed anyway).
+    pub fn request_renewal(&self, refused: &HeaderValue) {
+        let _ = self.force_refresh(refused);
     }
 
     /// Azure DevOps refused `refused`, a token we believed valid. Returns a different token to
     /// replay with: the current one if another request already renewed it, else one fetched now.
-    /// `None` when no new token came within `wait`, or a refresh was forced too recently.
+    /// `None` when no new token came within `wait`, or renewing could not help now.
     pub async fn renew_refused(
         &self,
         refused: &HeaderValue,
         wait: Duration,
     ) -> Option<HeaderValue> {
-        let mut attempts = self.attempts.subscribe();
-        if let Some(current) = self.bearer().filter(|b| b != refused) {
-            return Some(current);
+        let mut completed = self.completed.subscribe();
+        let after = match self.force_refresh(refused) {
+            Renewal::Ready(bearer) => return Some(bearer),
+            Renewal::Denied => return None,
+            Renewal::Pending { after } => after,
+        };
+        let fetched = async { completed.wait_for(|&done| done > after).await.is_ok() };
+        if !tokio::time::timeout(wait, fetched).await.unwrap_or(false) {
+            return None;
         }
-        {
-            let seen = *attempts.borrow_and_update();
-            let mut state = self.lock_state();
-            // A forced refresh still under way: wait for it with the others.
-            let pending = state
-                .forced
-                .is_some_and(|(_, at_attempt)| at_attempt == seen);
-            if !pending {
-                if state
-                    .forced
-                    .is_some_and(|(at, _)| at.elapsed() < FORCED_REFRESH_INTERVAL)
-                {
-                    return None;
-                }
-                state.forced = Some((Instant::now(), seen));
-                self.refresh_now.notify_one();
-            }
-        }
-        tokio::time::timeout(wait, attempts.changed())
-            .await
-            .ok()?
-            .ok()?;
         self.bearer().filter(|b| b != refused)
+    }
+
+    fn force_refresh(&self, refused: &HeaderValue) -> Renewal {
+        let mut state = self.lock_state();
+        // Checked under the lock the refresher takes to start a fetch, so a renewal that landed
+        // since the refusal is used instead of forcing another.
+        if let Some(current) = self.bearer().filter(|b| b != refused) {
+            return Renewal::Ready(current);
+        }
+        if !self.renewable {
+            return Renewal::Denied;
+        }
+        if let Some(forced) = &state.forced
+            && *self.completed.borrow() <= forced.after
+        {
+            return Renewal::Pending {
+                after: forced.after,
+            };
+        }
+        if state
+            .forced
+            .as_ref()
+            .is_some_and(|f| f.at.elapsed() < FORCED_REFRESH_INTERVAL)
+        {
+            return Renewal::Denied;
+        }
+        // The refresher is waiting out a failure: asking sooner would ignore its back-off and
+        // any Retry-After.
+        if state.last_error.is_some() && state.next_attempt.is_some_and(|at| at > Instant::now()) {
+            return Renewal::Denied;
+        }
+        let after = state.started;
+        state.forced = Some(Forced {
+            at: Instant::now(),
+            after,
+        });
+        self.refresh_now.notify_one();
+        Renewal::Pending { after }
     }
 
     pub fn identity(&self) -> &str {
@@ -188,6 +234,11 @@ pub async fn run_refresher(source: TokenSource, cache: Arc<TokenCache>, metrics:
     let identity = cache.identity().to_string();
     let mut failures = 0u32;
     loop {
+        let fetch = {
+            let mut state = cache.lock_state();
+            state.started += 1;
+            state.started
+        };
         let delay = match source.fetch().await {
             Ok(token) => {
                 failures = 0;
@@ -237,7 +288,7 @@ pub async fn run_refresher(source: TokenSource, cache: Arc<TokenCache>, metrics:
                 delay
             }
         };
-        cache.attempts.send_modify(|n| *n += 1);
+        cache.completed.send_replace(fetch);
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = cache.refresh_now.notified() => {
@@ -283,7 +334,7 @@ mod tests {
 
     #[test]
     fn an_expired_token_is_never_handed_out() {
-        let cache = TokenCache::new("default");
+        let cache = TokenCache::new("default", true);
         assert!(cache.bearer().is_none());
         let bearer = HeaderValue::from_static("Bearer x");
         cache.store(&IssuedToken {
@@ -299,5 +350,91 @@ mod tests {
         });
         assert!(cache.bearer().is_some());
         assert!(!format!("{:?}", cache.status()).contains("Bearer"));
+    }
+
+    fn issued(bearer: &str) -> IssuedToken {
+        IssuedToken {
+            bearer: HeaderValue::try_from(bearer).expect("header-safe"),
+            lifetime: Duration::from_secs(3600),
+            requested_at: Instant::now(),
+        }
+    }
+
+    /// Stands in for `run_refresher`: each wake-up is one fetch that issues the next token.
+    fn spawn_refresher(cache: Arc<TokenCache>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            loop {
+                cache.refresh_now.notified().await;
+                let fetch = {
+                    let mut state = cache.lock_state();
+                    state.started += 1;
+                    state.started
+                };
+                cache.store(&issued(&format!("Bearer renewed-{fetch}")));
+                cache.completed.send_replace(fetch);
+            }
+        })
+    }
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn a_refused_token_is_renewed_once_then_debounced() {
+        let cache = Arc::new(TokenCache::new("default", true));
+        cache.store(&issued("Bearer first"));
+        let refresher = spawn_refresher(cache.clone());
+        let first = HeaderValue::from_static("Bearer first");
+        let renewed = cache.renew_refused(&first, WAIT).await.expect("renewed");
+        assert_eq!(renewed, "Bearer renewed-1");
+        // A request refused with the old token meanwhile gets the new one, with no fetch.
+        assert_eq!(
+            cache.renew_refused(&first, WAIT).await,
+            Some(renewed.clone())
+        );
+        // The new token refused too, within 30 s: no second forced refresh.
+        assert_eq!(cache.renew_refused(&renewed, WAIT).await, None);
+        assert_eq!(cache.lock_state().started, 1);
+        refresher.abort();
+    }
+
+    #[tokio::test]
+    async fn concurrent_refusals_share_one_forced_refresh() {
+        let cache = Arc::new(TokenCache::new("default", true));
+        cache.store(&issued("Bearer first"));
+        let refresher = spawn_refresher(cache.clone());
+        let first = HeaderValue::from_static("Bearer first");
+        let (a, b, c) = tokio::join!(
+            cache.renew_refused(&first, WAIT),
+            cache.renew_refused(&first, WAIT),
+            cache.renew_refused(&first, WAIT),
+        );
+        let renewed = Some(HeaderValue::from_static("Bearer renewed-1"));
+        assert_eq!(
+            (a, b.clone(), c),
+            (renewed.clone(), renewed.clone(), renewed)
+        );
+        assert_eq!(cache.lock_state().started, 1);
+        refresher.abort();
+    }
+
+    #[tokio::test]
+    async fn no_forced_refresh_during_back_off_or_for_a_managed_identity() {
+        let first = HeaderValue::from_static("Bearer first");
+        let backing_off = Arc::new(TokenCache::new("default", true));
+        backing_off.store(&issued("Bearer first"));
+        {
+            let mut state = backing_off.lock_state();
+            state.last_error = Some("throttled".into());
+            state.next_attempt = Some(Instant::now() + Duration::from_secs(60));
+        }
+        let managed = Arc::new(TokenCache::new("mi", false));
+        managed.store(&issued("Bearer first"));
+        for cache in [backing_off, managed] {
+            let refresher = spawn_refresher(cache.clone());
+            assert_eq!(cache.renew_refused(&first, WAIT).await, None);
+            tokio::task::yield_now().await;
+            assert_eq!(cache.lock_state().started, 0, "{}", cache.identity());
+            refresher.abort();
+        }
     }
 }

@@ -11,12 +11,11 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 use super::assertion::{JWT_BEARER, SigningCertificate};
+use super::http_client::{self, describe_reqwest_error, read_capped, retry_after};
 use super::{federated, managed};
 use crate::config::{Credential, EntraApp, Identity, Proof, SecretSource};
 use crate::secret::Secret;
 
-/// Entra ID answers in a few KiB; anything larger is not a token response.
-const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 /// Longest lifetime accepted: CAE-capable tokens live up to 28 hours; more is nonsense.
 const MAX_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
 
@@ -101,9 +100,13 @@ impl TokenSource {
     /// Checks what can be checked before the first fetch (a certificate that does not load fails
     /// start-up, not the first request).
     pub fn new(identity: &Identity, tls: &rustls::ClientConfig) -> Result<Self, String> {
-        // IMDS refuses requests that come through an HTTP proxy; Entra ID may need one.
-        let through_proxy = matches!(identity.credential, Credential::App { .. });
-        let http = http_client(tls.clone(), through_proxy).map_err(|e| {
+        // Entra ID may need the corporate proxy; IMDS refuses proxied requests, and a plain-http
+        // loopback authority (tests, the sandbox) must not carry the secret through one.
+        let through_proxy = matches!(
+            &identity.credential,
+            Credential::App { app, .. } if app.authority.starts_with("https://")
+        );
+        let http = http_client::build(tls.clone(), through_proxy).map_err(|e| {
             format!(
                 "identities.{}: cannot build the HTTP client: {e}",
                 identity.name
@@ -207,30 +210,6 @@ impl TokenSource {
     }
 }
 
-/// Never follows redirects (a redirect would carry the secret or assertion to another host),
-/// bounded in time.
-fn http_client(tls: rustls::ClientConfig, through_proxy: bool) -> reqwest::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(30))
-        .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION")));
-    if !through_proxy {
-        builder = builder.no_proxy();
-    }
-    builder.build()
-}
-
-pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
-    response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs)
-}
-
 async fn read_secret(source: &SecretSource) -> Result<Secret, FetchError> {
     match source {
         SecretSource::Value(secret) => Ok(secret.clone()),
@@ -249,41 +228,6 @@ async fn read_secret(source: &SecretSource) -> Result<Secret, FetchError> {
             Ok(secret)
         }
     }
-}
-
-pub(super) fn describe_reqwest_error(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut message = if error.is_timeout() {
-        "timed out".to_string()
-    } else if error.is_connect() {
-        "connection failed".to_string()
-    } else {
-        "request failed".to_string()
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
-pub(super) async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?
-    {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-            return Err(FetchError::InvalidResponse(format!(
-                "response larger than {MAX_RESPONSE_BYTES} bytes"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[derive(Deserialize)]

@@ -137,9 +137,10 @@ async fn certificates_in_every_file_form_get_a_token_azure_devops_accepts() {
 
 #[tokio::test]
 async fn a_forged_certificate_assertion_is_refused_and_readyz_says_why() {
+    // A self-consistent pair that was never registered on the app registration.
     let credential = format!(
         r#"{{ kind = "client_certificate", certificate_file = "{}", private_key_file = "{}" }}"#,
-        fixture(fixtures::SP_CERT),
+        fixture(fixtures::FORGED_CERT),
         fixture(fixtures::FORGED_KEY_PK8)
     );
     let stack = stack_with_credential(credential, true).await;
@@ -175,6 +176,25 @@ async fn a_missing_or_broken_certificate_fails_start_up_with_the_key() {
     let message = error.to_string();
     assert!(
         message.contains("identities.default.credential") && message.contains("broken.pem"),
+        "{message}"
+    );
+
+    // The registered certificate with another pair's key: a half-done rotation.
+    let config = ado_auth_proxy::config::Config::from_toml(&format!(
+        "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
+         credential = {{ kind = \"client_certificate\", certificate_file = \"{}\", private_key_file = \"{}\" }}\n\
+         [inbound]\nmode = \"open\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n\
+         [listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+        fixture(fixtures::SP_CERT),
+        fixture(fixtures::FORGED_KEY_PK8)
+    ))
+    .expect("valid config");
+    let Err(error) = ado_auth_proxy::App::build(config).await else {
+        panic!("a key of another certificate must stop start-up");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("does not belong to the certificate") && message.contains("forged-key"),
         "{message}"
     );
 }
@@ -293,7 +313,13 @@ async fn managed_identity_from_imds_and_from_app_service() {
         0,
         "no client credentials grant"
     );
-    assert!(stack.entra.managed_identity_requests() >= 1);
+    let asked = stack.entra.managed_identity_requests();
+    assert!(asked >= 1);
+    // IMDS hands out its cached token again, so a refusal forces no fetch: 502 at once.
+    stack.devops.revoke_seen_tokens();
+    let reply = support::get(&stack.url(PROBE), &[]).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(stack.entra.managed_identity_requests(), asked);
 
     // App Service: the system-assigned identity, proven by the identity header.
     let stack = Stack::start_with(Options {

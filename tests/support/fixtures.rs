@@ -23,6 +23,8 @@ pub const SP_P12: &str = "sp.p12";
 pub const SP_LEGACY_P12: &str = "sp-legacy.p12";
 /// An unrelated RSA 2048 key, PKCS#8: signs assertions that claim `SP_CERT` but must be refused.
 pub const FORGED_KEY_PK8: &str = "forged-key.pk8.pem";
+/// Self-signed certificate of the forged key, registered nowhere.
+pub const FORGED_CERT: &str = "forged-cert.pem";
 
 const SP_CERT_PEM: &str = include_str!("../fixtures/sp-cert.pem");
 const SP_KEY_PK8_PEM: &str = include_str!("../fixtures/sp-key.pk8.pem");
