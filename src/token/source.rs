@@ -272,10 +272,16 @@ pub(super) fn parse_token(body: &[u8], requested_at: Instant) -> Result<IssuedTo
         }
         (None, None) => None,
     }
-    .ok_or_else(|| invalid("expires_in is missing or not a positive whole number"))?;
+    .ok_or_else(|| {
+        invalid("expires_in (or expires_on) is missing or not a positive whole number")
+    })?;
     let lifetime = Duration::from_secs(seconds);
     if lifetime.is_zero() || lifetime > MAX_LIFETIME {
-        return Err(invalid("expires_in is zero or longer than two days"));
+        return Err(invalid(if response.expires_in.is_some() {
+            "expires_in is zero or longer than two days"
+        } else {
+            "expires_on is not between now and two days ahead (check this machine's clock)"
+        }));
     }
     let mut bearer = HeaderValue::try_from(format!("Bearer {token}"))
         .map_err(|_| invalid("access_token is not header-safe"))?;
