@@ -75,6 +75,7 @@ impl Admin {
                     "token": if s.valid_for.is_some() { "valid" } else { "unavailable" },
                     "valid_for_seconds": s.valid_for.map(|d| d.as_secs()),
                     "expires_at_unix": s.expires_at.and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+                    "valid_until": s.expires_at.map(|t| humantime::format_rfc3339_seconds(t).to_string()),
                     "next_refresh_in_seconds": s.next_attempt_in.map(|d| d.as_secs()),
                     "last_error": s.last_error,
                 })

@@ -430,6 +430,16 @@ async fn two_clients_acting_as_two_identities_send_two_tokens() {
         .map(|i| i["identity"].clone())
         .collect();
     assert_eq!(names, ["app", "vm"]);
+    for identity in readyz["identities"].as_array().expect("identities") {
+        assert_eq!(identity["token"], "valid", "{identity}");
+        assert!(
+            identity["valid_until"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z')),
+            "{identity}"
+        );
+        assert!(identity["next_refresh_in_seconds"].as_u64().is_some());
+    }
 }
 
 async fn refused_count(stack: &Stack) -> u64 {
