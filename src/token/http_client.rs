@@ -1,6 +1,6 @@
 //! The HTTP client of every token fetch (and of `check`), and the bounded reading of answers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::source::FetchError;
 
@@ -22,7 +22,33 @@ pub fn build(tls: rustls::ClientConfig, through_proxy: bool) -> reqwest::Result<
     builder.build()
 }
 
-pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
+/// A token endpoint's answer, read whole (and bounded), with the instant the request left:
+/// expiry counts from then, so transfer time only shortens the lifetime assumed.
+pub(super) struct Answer {
+    pub status: http::StatusCode,
+    pub retry_after: Option<Duration>,
+    pub body: Vec<u8>,
+    pub requested_at: Instant,
+}
+
+pub(super) async fn send(request: reqwest::RequestBuilder) -> Result<Answer, FetchError> {
+    let requested_at = Instant::now();
+    let mut response = request
+        .send()
+        .await
+        .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?;
+    let status = response.status();
+    let retry_after = retry_after(&response);
+    let body = read_capped(&mut response).await?;
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+        requested_at,
+    })
+}
+
+fn retry_after(response: &reqwest::Response) -> Option<Duration> {
     response
         .headers()
         .get(http::header::RETRY_AFTER)
@@ -31,22 +57,20 @@ pub(super) fn retry_after(response: &reqwest::Response) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// What failed, and why, without the URL (reqwest's own message starts with it).
 pub(super) fn describe_reqwest_error(error: &reqwest::Error) -> String {
     use std::error::Error as _;
-    let mut message = if error.is_timeout() {
-        "timed out".to_string()
+    let kind = if error.is_timeout() {
+        "timed out"
     } else if error.is_connect() {
-        "connection failed".to_string()
+        "connection failed"
     } else {
-        "request failed".to_string()
+        "request failed"
     };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+    match error.source() {
+        Some(cause) => format!("{kind}: {}", crate::forward::describe(cause)),
+        None => kind.to_string(),
     }
-    message
 }
 
 pub async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {

@@ -2,9 +2,7 @@
 //! the VM, node or app, with no credential of ours. Two protocols: Azure IMDS, and App Service /
 //! Container Apps (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`).
 
-use std::time::Instant;
-
-use super::http_client::{describe_reqwest_error, read_capped, retry_after};
+use super::http_client;
 use super::source::{FetchError, IssuedToken, parse_token, refusal};
 use crate::config::{ManagedIdentity, ManagedProtocol};
 
@@ -40,20 +38,15 @@ pub(super) async fn fetch(
     if let Some(client_id) = &identity.client_id {
         query.push(("client_id", client_id));
     }
-    let requested_at = Instant::now();
-    let mut response = request
-        .query(&query)
-        .send()
-        .await
-        .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?;
-    let status = response.status();
-    let retry_after = retry_after(&response);
-    let body = read_capped(&mut response).await?;
-    match status.as_u16() {
-        200..=299 => parse_token(&body, requested_at),
-        429 => Err(FetchError::Throttled { retry_after }),
+    let answer = http_client::send(request.query(&query)).await?;
+    let status = answer.status.as_u16();
+    match status {
+        200..=299 => parse_token(&answer.body, answer.requested_at),
+        429 => Err(FetchError::Throttled {
+            retry_after: answer.retry_after,
+        }),
         // IMDS's guidance: retry these with back-off; any other 4xx will not change by retrying.
-        404 | 408 | 410 | 500..=599 => Err(refusal(status.as_u16(), &body, false)),
-        _ => Err(refusal(status.as_u16(), &body, true)),
+        404 | 408 | 410 | 500..=599 => Err(refusal(status, &answer.body, false)),
+        _ => Err(refusal(status, &answer.body, true)),
     }
 }

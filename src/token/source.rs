@@ -11,7 +11,7 @@ use http::HeaderValue;
 use serde::Deserialize;
 
 use super::assertion::{JWT_BEARER, SigningCertificate};
-use super::http_client::{self, describe_reqwest_error, read_capped, retry_after};
+use super::http_client;
 use super::{federated, managed};
 use crate::config::{Credential, EntraApp, Identity, Proof, SecretSource};
 use crate::secret::Secret;
@@ -189,24 +189,16 @@ impl TokenSource {
         if field == "client_assertion" {
             form.push(("client_assertion_type", JWT_BEARER));
         }
-        let requested_at = Instant::now();
-        let mut response = self
-            .http
-            .post(endpoint)
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?;
-        let status = response.status();
-        let retry_after = retry_after(&response);
-        let body = read_capped(&mut response).await?;
-        if status == http::StatusCode::TOO_MANY_REQUESTS {
-            return Err(FetchError::Throttled { retry_after });
+        let answer = http_client::send(self.http.post(endpoint).form(&form)).await?;
+        if answer.status == http::StatusCode::TOO_MANY_REQUESTS {
+            return Err(FetchError::Throttled {
+                retry_after: answer.retry_after,
+            });
         }
-        if !status.is_success() {
-            return Err(refusal(status.as_u16(), &body, false));
+        if !answer.status.is_success() {
+            return Err(refusal(answer.status.as_u16(), &answer.body, false));
         }
-        parse_token(&body, requested_at)
+        parse_token(&answer.body, answer.requested_at)
     }
 }
 

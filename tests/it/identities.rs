@@ -159,40 +159,38 @@ async fn a_forged_certificate_assertion_is_refused_and_readyz_says_why() {
 
 #[tokio::test]
 async fn a_missing_or_broken_certificate_fails_start_up_with_the_key() {
+    /// The configuration is valid (the files exist); building the proxy must fail.
+    async fn start_up_error(credential: String) -> String {
+        let config = ado_auth_proxy::config::Config::from_toml(&format!(
+            "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\ncredential = {credential}\n\
+             [inbound]\nmode = \"open\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n\
+             [listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n"
+        ))
+        .expect("valid config");
+        match ado_auth_proxy::App::build(config).await {
+            Ok(_) => panic!("{credential}: start-up must fail"),
+            Err(error) => error.to_string(),
+        }
+    }
     let dir = tempfile::TempDir::new().expect("temp dir");
     let broken = dir.path().join("broken.pem");
     std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
-    let config = ado_auth_proxy::config::Config::from_toml(&format!(
-        "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
-         credential = {{ kind = \"client_certificate\", certificate_file = \"{}\" }}\n\
-         [inbound]\nmode = \"open\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n\
-         [listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+    let message = start_up_error(format!(
+        r#"{{ kind = "client_certificate", certificate_file = "{}" }}"#,
         broken.display()
     ))
-    .expect("the file exists, so the config is valid");
-    let Err(error) = ado_auth_proxy::App::build(config).await else {
-        panic!("a broken certificate must stop start-up");
-    };
-    let message = error.to_string();
+    .await;
     assert!(
         message.contains("identities.default.credential") && message.contains("broken.pem"),
         "{message}"
     );
-
     // The registered certificate with another pair's key: a half-done rotation.
-    let config = ado_auth_proxy::config::Config::from_toml(&format!(
-        "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
-         credential = {{ kind = \"client_certificate\", certificate_file = \"{}\", private_key_file = \"{}\" }}\n\
-         [inbound]\nmode = \"open\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n\
-         [listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n",
+    let message = start_up_error(format!(
+        r#"{{ kind = "client_certificate", certificate_file = "{}", private_key_file = "{}" }}"#,
         fixture(fixtures::SP_CERT),
         fixture(fixtures::FORGED_KEY_PK8)
     ))
-    .expect("valid config");
-    let Err(error) = ado_auth_proxy::App::build(config).await else {
-        panic!("a key of another certificate must stop start-up");
-    };
-    let message = error.to_string();
+    .await;
     assert!(
         message.contains("does not belong to the certificate") && message.contains("forged-key"),
         "{message}"
