@@ -6,10 +6,10 @@
 //! per line with the fields flattened.
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
@@ -32,10 +32,14 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let now = humantime::format_rfc3339_micros(SystemTime::now());
+        let mut timestamp = [0u8; TIMESTAMP_LEN];
+        let now = rfc3339_micros(SystemTime::now(), &mut timestamp);
         match self {
             LineFormat::Text => {
-                write!(writer, "{now} {:>5} {}:", meta.level(), meta.target())?;
+                writer.write_str(now)?;
+                writer.write_str(padded_level(meta.level()))?;
+                writer.write_str(meta.target())?;
+                writer.write_char(':')?;
                 let mut fields = TextFields {
                     out: &mut writer,
                     result: Ok(()),
@@ -44,11 +48,11 @@ where
                 fields.result?;
             }
             LineFormat::Json => {
-                write!(
-                    writer,
-                    "{{\"timestamp\":\"{now}\",\"level\":\"{}\",\"target\":",
-                    meta.level()
-                )?;
+                writer.write_str("{\"timestamp\":\"")?;
+                writer.write_str(now)?;
+                writer.write_str("\",\"level\":\"")?;
+                writer.write_str(meta.level().as_str())?;
+                writer.write_str("\",\"target\":")?;
                 json_string(&mut writer, meta.target())?;
                 let mut fields = JsonFields {
                     out: &mut writer,
@@ -63,9 +67,93 @@ where
     }
 }
 
+/// The level right-aligned in five columns between spaces, as the stock formatter prints it.
+fn padded_level(level: &Level) -> &'static str {
+    match *level {
+        Level::ERROR => " ERROR ",
+        Level::WARN => "  WARN ",
+        Level::INFO => "  INFO ",
+        Level::DEBUG => " DEBUG ",
+        Level::TRACE => " TRACE ",
+    }
+}
+
+const TIMESTAMP_LEN: usize = "2026-01-01T00:00:00.000000Z".len();
+
+/// `time` as RFC 3339 UTC with microseconds, written into `buf` with plain arithmetic: every log
+/// line needs one, and the formatting machinery costs more than the rest of the line.
+fn rfc3339_micros(time: SystemTime, buf: &mut [u8; TIMESTAMP_LEN]) -> &str {
+    let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let second_of_day = seconds % 86_400;
+    *buf = *b"0000-00-00T00:00:00.000000Z";
+    put_digits(&mut buf[0..4], year);
+    put_digits(&mut buf[5..7], month);
+    put_digits(&mut buf[8..10], day);
+    put_digits(&mut buf[11..13], second_of_day / 3600);
+    put_digits(&mut buf[14..16], second_of_day / 60 % 60);
+    put_digits(&mut buf[17..19], second_of_day % 60);
+    put_digits(&mut buf[20..26], u64::from(since_epoch.subsec_micros()));
+    // Only ASCII digits and separators were written.
+    std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000000Z")
+}
+
+/// Year, month, day of the proleptic Gregorian calendar for days since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, for dates from 1970 on).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let day_of_era = z % 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Writes `value`'s last `out.len()` decimal digits, zero-padded.
+fn put_digits(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+}
+
+/// `value` in decimal, without the formatting machinery.
+fn decimal(value: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    let mut rest = value;
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).unwrap_or("0")
+}
+
 struct TextFields<'a, 'w> {
     out: &'a mut Writer<'w>,
     result: fmt::Result,
+}
+
+impl TextFields<'_, '_> {
+    fn pair(&mut self, field: &Field, value: &str) -> fmt::Result {
+        self.out.write_char(' ')?;
+        self.out.write_str(field.name())?;
+        self.out.write_char('=')?;
+        self.out.write_str(value)
+    }
 }
 
 impl Visit for TextFields<'_, '_> {
@@ -74,12 +162,26 @@ impl Visit for TextFields<'_, '_> {
             return;
         }
         self.result = if field.name() == "message" {
-            write!(self.out, " {value}")
+            self.out
+                .write_char(' ')
+                .and_then(|()| self.out.write_str(value))
         } else if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-            write!(self.out, " {}={value}", field.name())
+            self.pair(field, value)
         } else {
             write!(self.out, " {}={value:?}", field.name())
         };
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        if self.result.is_ok() {
+            self.result = self.pair(field, decimal(value, &mut [0; 20]));
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        if self.result.is_ok() {
+            self.result = self.pair(field, if value { "true" } else { "false" });
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -116,7 +218,9 @@ impl Visit for JsonFields<'_, '_> {
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| write!(self.out, "{value}"));
+            self.result = self
+                .key(field)
+                .and_then(|()| self.out.write_str(decimal(value, &mut [0; 20])));
         }
     }
 
@@ -189,5 +293,32 @@ mod tests {
         assert_eq!(out, r#""a\"b\\c\nd\u0001e""#);
         let parsed: String = serde_json::from_str(&out).expect("valid JSON");
         assert_eq!(parsed, "a\"b\\c\nd\u{1}e");
+    }
+
+    #[test]
+    fn timestamps_match_rfc3339_with_microseconds() {
+        for seconds in [
+            0u64,
+            951_782_400,
+            1_709_164_800,
+            1_795_799_702,
+            4_102_444_799,
+        ] {
+            for micros in [0u32, 7, 999_999] {
+                let time = UNIX_EPOCH + std::time::Duration::new(seconds, micros * 1000);
+                let mut buf = [0u8; TIMESTAMP_LEN];
+                assert_eq!(
+                    rfc3339_micros(time, &mut buf),
+                    humantime::format_rfc3339_micros(time).to_string()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn decimals_without_the_formatting_machinery() {
+        for value in [0, 7, 10, 99_999, u64::MAX] {
+            assert_eq!(decimal(value, &mut [0; 20]), value.to_string());
+        }
     }
 }

@@ -14,7 +14,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::allow::Segments;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Client};
 use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
 use crate::error::Rejection;
 use crate::forward::Upstream;
@@ -110,23 +110,7 @@ impl Proxy {
         request: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
-        target::check(&request)?;
-        let client = self.auth.authenticate(request.headers())?;
-        exchange.set_client(client.clone());
-        let uri = request.uri();
-        let path = Segments::parse(uri.path()).map_err(|e| Rejection::BadRequest(e.message()))?;
-        let rule = client
-            .allow
-            .judge(request.method(), &path, uri.query())
-            .ok_or_else(|| {
-                client.metrics.denied.inc();
-                Rejection::Forbidden {
-                    client: client.name.clone(),
-                    method: request.method().clone(),
-                    path: uri.path().to_string(),
-                }
-            })?;
-        exchange.set_rule(rule);
+        let client = self.admit(&request, exchange)?;
         let token = &client.token;
         let unavailable = || Rejection::TokenUnavailable {
             retry_after: token.retry_after(),
@@ -166,9 +150,10 @@ impl Proxy {
             let status = response.status();
             // Not read: its connection is closed rather than held while a new token comes.
             drop(response);
-            response = self
-                .renew_and_replay(token, &bearer, replay, status, exchange)
-                .await?;
+            // Boxed: the rare path would otherwise double the size of every request's future,
+            // which hyper moves several times per request.
+            response =
+                Box::pin(self.renew_and_replay(token, &bearer, replay, status, exchange)).await?;
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Rejection::UpstreamUpgrade);
@@ -176,6 +161,33 @@ impl Proxy {
         self.observe_rate_limits(token.identity(), &response);
         headers::prepare_response(response.headers_mut());
         Ok(response)
+    }
+
+    /// Who is calling, and whether their rules allow this call. Not async: the parsed path
+    /// (kept on the stack) must not become part of every request's future.
+    fn admit(
+        &self,
+        request: &Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Result<Arc<Client>, Rejection> {
+        target::check(request)?;
+        let client = self.auth.authenticate(request.headers())?;
+        exchange.set_client(client.clone());
+        let uri = request.uri();
+        let path = Segments::parse(uri.path()).map_err(|e| Rejection::BadRequest(e.message()))?;
+        let rule = client
+            .allow
+            .judge(request.method(), &path, uri.query())
+            .ok_or_else(|| {
+                client.metrics.denied.inc();
+                Rejection::Forbidden {
+                    client: client.name.clone(),
+                    method: request.method().clone(),
+                    path: uri.path().to_string(),
+                }
+            })?;
+        exchange.set_rule(rule);
+        Ok(client)
     }
 
     /// A small body (by its declared length) is read whole so the request can be replayed;
@@ -195,7 +207,8 @@ impl Proxy {
                 self.metrics.clone(),
             ));
         }
-        let data = tokio::time::timeout(KEPT_BODY_TIMEOUT, body.collect())
+        // Boxed for the same reason as the replay: most requests have no body to read.
+        let data = Box::pin(tokio::time::timeout(KEPT_BODY_TIMEOUT, body.collect()))
             .await
             .map_err(|_| Rejection::BodyTimeout)?
             .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?
