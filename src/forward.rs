@@ -1,5 +1,6 @@
-//! The connection to Azure DevOps: a pooled hyper client (HTTP/1.1, or h2 when TLS ALPN offers it)
-//! and the mapping of a request target onto the configured upstream.
+//! The connection to Azure DevOps: hyper's client connections over the hyper-util + rustls
+//! connector, pooled (see `pool`; HTTP/1.1, or h2 when TLS ALPN offers it), and the mapping of a
+//! request target onto the configured upstream.
 //!
 //! The upstream's scheme and authority come from configuration only; the request contributes its
 //! path and query, byte for byte. Redirects are never followed and bodies are never decompressed.
@@ -10,17 +11,15 @@ use std::time::Duration;
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{ClientBodyError, UploadBody};
 use crate::config;
 use crate::metrics::UpstreamFailure;
+use crate::pool::{Pool, Sender};
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, UploadBody>,
+    pool: Pool,
     scheme: Scheme,
     authority: Authority,
     host_header: HeaderValue,
@@ -41,13 +40,14 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.pool_idle_timeout)
-            .timer(TokioTimer::new())
-            .build(connector);
+        let destination = Uri::builder()
+            .scheme(config.scheme.clone())
+            .authority(config.authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
         Self {
-            client,
+            pool: Pool::new(connector, destination, config.pool_idle_timeout),
             scheme: config.scheme.clone(),
             authority: config.authority.clone(),
             host_header: config.host_header.clone(),
@@ -84,22 +84,69 @@ impl Upstream {
         &self,
         request: Request<UploadBody>,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(request)).await {
+        // Boxed: inline, the exchange would make every request's future several KiB larger, and
+        // hyper moves that future a few times per request.
+        let exchange = Box::pin(self.exchange(request));
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(UpstreamFailure::Timeout),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => {
-                let failure = classify(&error);
-                tracing::debug!(error = %describe(&error), kind = failure.label(), "upstream request failed");
-                Err(failure)
+            Ok(result) => result,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        mut request: Request<UploadBody>,
+    ) -> Result<Response<Incoming>, UpstreamFailure> {
+        let target = request.uri().clone();
+        loop {
+            let (sender, reused) = self.pool.checkout().await.map_err(|error| {
+                tracing::debug!(error = %describe(&*error), "upstream connect failed");
+                UpstreamFailure::Connect
+            })?;
+            let result = match sender {
+                Sender::Http2(mut sender) => {
+                    // h2 carries scheme and authority as pseudo-headers: the absolute URI.
+                    *request.uri_mut() = target.clone();
+                    match sender.ready().await {
+                        Ok(()) => sender.try_send_request(request).await,
+                        Err(error) => return Err(failure(&error)),
+                    }
+                }
+                Sender::Http1(mut sender) => {
+                    // HTTP/1.1 to an origin server: origin-form, the path and query only.
+                    *request.uri_mut() = Uri::from(
+                        target
+                            .path_and_query()
+                            .cloned()
+                            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                    );
+                    let response = sender.try_send_request(request).await;
+                    if response.is_ok() {
+                        self.pool.checkin(sender);
+                    }
+                    response
+                }
+            };
+            match result {
+                Ok(response) => return Ok(response),
+                Err(mut error) => match error.take_message() {
+                    // A reused connection closed before it took the request (the server ended
+                    // the keep-alive): nothing was sent, so another connection may carry it.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(failure(error.error())),
+                },
             }
         }
     }
 }
 
-fn classify(error: &hyper_util::client::legacy::Error) -> UpstreamFailure {
-    if error.is_connect() {
-        return UpstreamFailure::Connect;
-    }
+fn failure(error: &hyper::Error) -> UpstreamFailure {
+    let failure = classify(error);
+    tracing::debug!(error = %describe(error), kind = failure.label(), "upstream request failed");
+    failure
+}
+
+fn classify(error: &hyper::Error) -> UpstreamFailure {
     let mut source = error.source();
     while let Some(cause) = source {
         if cause.is::<ClientBodyError>() {

@@ -21,6 +21,7 @@ pub mod keys;
 pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod secret;
 pub mod server;

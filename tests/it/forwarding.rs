@@ -1,6 +1,8 @@
 //! The request path through the real server: credentials swapped, headers cleaned, targets
 //! checked, upstream failures mapped.
 
+use http_body_util::BodyExt as _;
+
 use crate::harness::{OLD_PAT, Options, Stack, basic_pat, raw_exchange};
 use crate::support::{self, jwt};
 
@@ -341,4 +343,102 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     .expect("served once the slot is free")
     .expect("read");
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_one_streaming_a_body_is_passed_over() {
+    // One worker thread: one connection pool.
+    let stack = Stack::start_with(Options {
+        listen_toml: "workers = 1\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let probe = stack.url("/contoso/_apis/connectionData");
+    for _ in 0..5 {
+        assert_eq!(support::get(&probe, &[]).await.status, 200);
+    }
+    let peers = |stack: &Stack| {
+        stack
+            .devops
+            .requests()
+            .iter()
+            .map(|r| r.peer.expect("peer recorded"))
+            .collect::<std::collections::HashSet<_>>()
+    };
+    assert_eq!(peers(&stack).len(), 1, "five requests, one connection");
+
+    // A download held after its first MiB keeps its connection busy: a request meanwhile takes
+    // another connection instead of waiting behind it.
+    let download = http::Request::get(stack.url("/_test/download?bytes=4000000&gate=1"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+    let response = support::send(download).await.expect("download head");
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+        .await
+        .expect("first bytes");
+    assert!(first.is_some());
+    let reply = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        support::get(&probe, &[]),
+    )
+    .await
+    .expect("not queued behind the download");
+    assert_eq!(reply.status, 200);
+    assert_eq!(peers(&stack).len(), 2);
+    stack.devops.release_download();
+    let rest = body.collect().await.expect("rest");
+    assert!(rest.to_bytes().len() as u64 > 0);
+
+    // Both connections are idle again: nothing new is opened.
+    for _ in 0..4 {
+        assert_eq!(support::get(&probe, &[]).await.status, 200);
+    }
+    assert_eq!(peers(&stack).len(), 2);
+
+    // Azure DevOps may close a kept-alive connection at any time (here: `Connection: close` on
+    // every answer of this route); a request that finds it closed goes out on a fresh one.
+    for _ in 0..20 {
+        let reply = support::get(&stack.url("/_test/hop-by-hop"), &[]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(support::get(&probe, &[]).await.status, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_tls_upstream_is_reached_over_h2_when_alpn_offers_it_and_http1_otherwise() {
+    use crate::support::tls_upstream::TlsUpstream;
+    for (alpn, version) in [
+        (&[&b"h2"[..], b"http/1.1"][..], http::Version::HTTP_2),
+        (&[&b"http/1.1"[..]][..], http::Version::HTTP_11),
+    ] {
+        let upstream = TlsUpstream::start(alpn).await;
+        let stack = Stack::start_with(Options {
+            upstream_url: Some(upstream.url()),
+            upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
+            listen_toml: "workers = 1\n".into(),
+            ..Options::default()
+        })
+        .await;
+        for _ in 0..5 {
+            let reply = support::get(
+                &stack.url("/contoso/_apis/projects"),
+                &[("authorization", &basic_pat())],
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{version:?}: {}", reply.text());
+        }
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), 5);
+        let authority = upstream.url().trim_start_matches("https://").to_string();
+        for request in &seen {
+            assert_eq!(request.version, version);
+            assert_eq!(request.authority, authority);
+            let bearer = request.authorization.as_deref().unwrap_or_default();
+            assert!(bearer.starts_with("Bearer ey"), "{bearer}");
+            assert!(!bearer.contains(OLD_PAT));
+        }
+        let connections: std::collections::HashSet<_> = seen.iter().map(|s| s.peer).collect();
+        assert_eq!(connections.len(), 1, "{version:?}: one connection, reused");
+    }
 }

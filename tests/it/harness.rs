@@ -39,6 +39,8 @@ pub struct Options {
     pub entra_mode: Option<EntraMode>,
     /// `[inbound]` and `[[clients]]` tables; empty means open mode allowing every call.
     pub access_toml: String,
+    /// Forward to this upstream instead of the fake Azure DevOps (e.g. a TLS one).
+    pub upstream_url: Option<String>,
     /// `[identities.*]` tables, written once the fake Entra ID is up; none means the default
     /// identity with the fake's client secret.
     pub identities: Option<IdentitiesToml>,
@@ -104,7 +106,8 @@ impl Stack {
         git_root: TempDir,
         options: Options,
     ) -> Stack {
-        let toml = Self::config_toml(&entra, &devops.url(), &options);
+        let upstream = options.upstream_url.clone().unwrap_or_else(|| devops.url());
+        let toml = Self::config_toml(&entra, &upstream, &options);
         let config = Config::from_toml(&toml).expect("test config is valid");
         let app = App::build(config).await.expect("proxy starts");
         let (proxy, admin) = (app.proxy_addr(), app.admin_addr());

@@ -45,6 +45,8 @@ pub struct RecordedRequest {
     /// Request body bytes read so far; final once the response has completed.
     pub body_bytes: u64,
     pub authorized: bool,
+    /// The proxy's end of the connection the request came on.
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 struct Recorded {
@@ -358,6 +360,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 headers: parts.headers.clone(),
                 body_bytes: 0,
                 authorized: matches!(refused, Some(Ok(()))),
+                peer: parts.extensions.get::<PeerAddr>().map(|p| p.0),
             },
             body_bytes: body_bytes.clone(),
         });

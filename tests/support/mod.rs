@@ -11,6 +11,7 @@ pub mod devops;
 pub mod entra;
 pub mod fixtures;
 pub mod jwt;
+pub mod tls_upstream;
 
 use std::convert::Infallible;
 use std::future::Future;

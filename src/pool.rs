@@ -1,0 +1,155 @@
+//! Connections to the one upstream, per worker thread: idle HTTP/1.1 connections reused oldest
+//! first, or one shared h2 connection when TLS ALPN picks h2.
+//!
+//! hyper-util's legacy client pools connections for any number of hosts; in front of a single
+//! host it spent a tenth of the proxy's instructions hashing pool keys, boxing each request's
+//! future and spawning a task per request to hand the connection back. Here an HTTP/1.1
+//! connection goes back to the pool as soon as its response head arrives, and a checkout passes
+//! over connections whose response body is still streaming.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service;
+
+use crate::body::UploadBody;
+
+pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
+
+pub enum Sender {
+    Http1(http1::SendRequest<UploadBody>),
+    Http2(http2::SendRequest<UploadBody>),
+}
+
+#[derive(Default)]
+struct Idle {
+    /// Oldest checkin first; entries may still be streaming their last response's body.
+    http1: VecDeque<(http1::SendRequest<UploadBody>, Instant)>,
+    http2: Option<http2::SendRequest<UploadBody>>,
+}
+
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    /// Scheme and authority of the upstream, all the connector looks at.
+    destination: Uri,
+    idle: Arc<Mutex<Idle>>,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    /// Must be called inside the worker's runtime: it starts the task that closes idle
+    /// connections.
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        destination: Uri,
+        idle_timeout: Duration,
+    ) -> Self {
+        let idle = Arc::new(Mutex::new(Idle::default()));
+        tokio::spawn(close_idle(Arc::downgrade(&idle), idle_timeout));
+        Self {
+            connector,
+            destination,
+            idle,
+            idle_timeout,
+        }
+    }
+
+    /// A connection ready for a request, and whether it served one before (only then may a
+    /// request it refused to start be retried elsewhere).
+    pub async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
+        match self.take_idle() {
+            Some(sender) => Ok((sender, true)),
+            None => Ok((self.connect().await?, false)),
+        }
+    }
+
+    /// Returns an HTTP/1.1 connection once its response head has arrived.
+    pub fn checkin(&self, sender: http1::SendRequest<UploadBody>) {
+        if !sender.is_closed() {
+            lock(&self.idle).http1.push_back((sender, Instant::now()));
+        }
+    }
+
+    fn take_idle(&self) -> Option<Sender> {
+        let mut idle = lock(&self.idle);
+        if let Some(sender) = &idle.http2 {
+            if !sender.is_closed() {
+                return Some(Sender::Http2(sender.clone()));
+            }
+            idle.http2 = None;
+        }
+        let now = Instant::now();
+        for _ in 0..idle.http1.len() {
+            let (sender, since) = idle.http1.pop_front()?;
+            if spent(&sender, since, now, self.idle_timeout) {
+                continue;
+            }
+            if sender.is_ready() {
+                return Some(Sender::Http1(sender));
+            }
+            idle.http1.push_back((sender, since));
+        }
+        None
+    }
+
+    async fn connect(&self) -> Result<Sender, ConnectError> {
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+        let io = connector.call(self.destination.clone()).await?;
+        if io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "upstream h2 connection ended");
+                }
+            });
+            lock(&self.idle).http2 = Some(sender.clone());
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, connection) = http1::handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(error = %error, "upstream connection ended");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+    }
+}
+
+fn lock(idle: &Mutex<Idle>) -> std::sync::MutexGuard<'_, Idle> {
+    // Plain data: a panic elsewhere cannot leave it inconsistent.
+    idle.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Closed, or idle for longer than `idle_timeout`: to be dropped (which closes it).
+fn spent(
+    sender: &http1::SendRequest<UploadBody>,
+    since: Instant,
+    now: Instant,
+    idle_timeout: Duration,
+) -> bool {
+    sender.is_closed() || (sender.is_ready() && now.duration_since(since) > idle_timeout)
+}
+
+/// Closes connections idle for longer than `idle_timeout`, until the pool is gone.
+async fn close_idle(idle: Weak<Mutex<Idle>>, idle_timeout: Duration) {
+    let period = (idle_timeout / 2).max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(idle) = idle.upgrade() else { return };
+        let now = Instant::now();
+        lock(&idle)
+            .http1
+            .retain(|(sender, since)| !spent(sender, *since, now, idle_timeout));
+    }
+}

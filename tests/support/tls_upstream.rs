@@ -1,0 +1,134 @@
+//! A TLS upstream on 127.0.0.1, as Azure DevOps is reached in production: certificate from
+//! tests/fixtures (valid for 127.0.0.1, issued by a test CA the proxy trusts through
+//! `upstream.ca_file`, as it would a corporate TLS-inspection CA), h2 and/or HTTP/1.1
+//! offered by ALPN. It answers every request with what it saw, and records it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::{Body, fixtures, json_response};
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub version: Version,
+    /// `Host`, or the h2 `:authority`.
+    pub authority: String,
+    pub authorization: Option<String>,
+    /// The proxy's end of the TCP connection.
+    pub peer: SocketAddr,
+}
+
+pub struct TlsUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: JoinHandle<()>,
+}
+
+impl TlsUpstream {
+    /// `alpn`: the protocols offered, e.g. `[b"h2", b"http/1.1"]`.
+    pub async fn start(alpn: &[&[u8]]) -> TlsUpstream {
+        let certificate = CertificateDer::from_pem_file(fixtures::path("upstream-cert.pem"))
+            .expect("fixture cert");
+        let key = PrivateKeyDer::from_pem_file(fixtures::path("upstream-key.pk8.pem"))
+            .expect("fixture key");
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![certificate], key)
+        .expect("server config");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let recorder = seen.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, peer)) = listener.accept().await else {
+                    return;
+                };
+                let (acceptor, recorder) = (acceptor.clone(), recorder.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let recorder = recorder.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(answer(&recorder, peer, &request))
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream { addr, seen, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    pub fn ca_file() -> PathBuf {
+        fixtures::path("upstream-ca.pem")
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+}
+
+impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn answer(
+    recorder: &Mutex<Vec<Seen>>,
+    peer: SocketAddr,
+    request: &Request<Incoming>,
+) -> Response<Body> {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let seen = Seen {
+        version: request.version(),
+        authority,
+        authorization: request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        peer,
+    };
+    let body = json!({ "version": format!("{:?}", seen.version), "path": request.uri().path() });
+    recorder.lock().expect("seen lock").push(seen);
+    json_response(StatusCode::OK, &body)
+}
