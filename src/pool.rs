@@ -65,7 +65,9 @@ impl Pool {
     pub async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
         match self.take_idle() {
             Some(sender) => Ok((sender, true)),
-            None => Ok((self.connect().await?, false)),
+            // Boxed: connecting (TCP, TLS, handshake) is rare and its future large, and every
+            // in-flight request's future would otherwise carry room for it.
+            None => Ok((Box::pin(self.connect()).await?, false)),
         }
     }
 
