@@ -33,6 +33,8 @@ impl Upstream {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
+        // A clone can stream for many minutes; TCP keep-alive notices a peer that vanished.
+        http.set_keepalive(Some(Duration::from_secs(30)));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             // Plain http is allowed by configuration only for loopback upstreams.
@@ -45,7 +47,7 @@ impl Upstream {
             .authority(config.authority.clone())
             .path_and_query("/")
             .build()
-            .unwrap_or_default();
+            .expect("scheme and authority were validated with the configuration");
         Self {
             pool: Pool::new(connector, destination, config.pool_idle_timeout),
             scheme: config.scheme.clone(),

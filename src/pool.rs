@@ -22,6 +22,9 @@ use crate::body::UploadBody;
 
 pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub enum Sender {
     Http1(http1::SendRequest<UploadBody>),
     Http2(http2::SendRequest<UploadBody>),
@@ -31,7 +34,8 @@ pub enum Sender {
 struct Idle {
     /// Oldest checkin first; entries may still be streaming their last response's body.
     http1: VecDeque<(http1::SendRequest<UploadBody>, Instant)>,
-    http2: Option<http2::SendRequest<UploadBody>>,
+    /// The shared h2 connection and when a request last took it.
+    http2: Option<(http2::SendRequest<UploadBody>, Instant)>,
 }
 
 pub struct Pool {
@@ -80,13 +84,14 @@ impl Pool {
 
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
-        if let Some(sender) = &idle.http2 {
+        let now = Instant::now();
+        if let Some((sender, last_used)) = &mut idle.http2 {
             if !sender.is_closed() {
+                *last_used = now;
                 return Some(Sender::Http2(sender.clone()));
             }
             idle.http2 = None;
         }
-        let now = Instant::now();
         for _ in 0..idle.http1.len() {
             let (sender, since) = idle.http1.pop_front()?;
             if spent(&sender, since, now, self.idle_timeout) {
@@ -95,7 +100,8 @@ impl Pool {
             if sender.is_ready() {
                 return Some(Sender::Http1(sender));
             }
-            idle.http1.push_back((sender, since));
+            // Still streaming: its idle time starts when it finishes, not at its response head.
+            idle.http1.push_back((sender, now));
         }
         None
     }
@@ -105,8 +111,12 @@ impl Pool {
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.destination.clone()).await?;
         if io.connected().is_negotiated_h2() {
+            // Pings find a connection that a NAT or load balancer dropped without a word, which
+            // would otherwise hold every request of this worker until the response timeout.
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_PING_INTERVAL))
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
@@ -114,7 +124,7 @@ impl Pool {
                     tracing::debug!(error = %error, "upstream h2 connection ended");
                 }
             });
-            lock(&self.idle).http2 = Some(sender.clone());
+            lock(&self.idle).http2 = Some((sender.clone(), Instant::now()));
             Ok(Sender::Http2(sender))
         } else {
             let (sender, connection) = http1::handshake(io).await?;
@@ -150,8 +160,19 @@ async fn close_idle(idle: Weak<Mutex<Idle>>, idle_timeout: Duration) {
         tokio::time::sleep(period).await;
         let Some(idle) = idle.upgrade() else { return };
         let now = Instant::now();
-        lock(&idle)
-            .http1
-            .retain(|(sender, since)| !spent(sender, *since, now, idle_timeout));
+        let mut idle = lock(&idle);
+        idle.http1.retain_mut(|(sender, since)| {
+            if !sender.is_ready() && !sender.is_closed() {
+                // Busy streaming a body: idle time counts from when it is free again.
+                *since = now;
+            }
+            !spent(sender, *since, now, idle_timeout)
+        });
+        // In-flight streams keep the connection open; the pool only stops handing it out.
+        if idle.http2.as_ref().is_some_and(|(sender, last_used)| {
+            sender.is_closed() || now.duration_since(*last_used) > idle_timeout
+        }) {
+            idle.http2 = None;
+        }
     }
 }
