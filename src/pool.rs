@@ -8,6 +8,7 @@
 //! over connections whose response body is still streaming.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,11 @@ struct Idle {
 
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
+    /// Whether the upstream is expected to pick h2 (https, until it answers otherwise): then
+    /// connects are made one at a time, so a burst of requests shares one new connection
+    /// instead of each opening its own.
+    expect_h2: AtomicBool,
+    connecting: tokio::sync::Mutex<()>,
     /// Scheme and authority of the upstream, all the connector looks at.
     destination: Uri,
     idle: Arc<Mutex<Idle>>,
@@ -57,6 +63,8 @@ impl Pool {
         let idle = Arc::new(Mutex::new(Idle::default()));
         tokio::spawn(close_idle(Arc::downgrade(&idle), idle_timeout));
         Self {
+            expect_h2: AtomicBool::new(destination.scheme_str() == Some("https")),
+            connecting: tokio::sync::Mutex::new(()),
             connector,
             destination,
             idle,
@@ -67,12 +75,26 @@ impl Pool {
     /// A connection ready for a request, and whether it served one before (only then may a
     /// request it refused to start be retried elsewhere).
     pub async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
-        match self.take_idle() {
-            Some(sender) => Ok((sender, true)),
-            // Boxed: connecting (TCP, TLS, handshake) is rare and its future large, and every
-            // in-flight request's future would otherwise carry room for it.
-            None => Ok((Box::pin(self.connect()).await?, false)),
+        if let Some(sender) = self.take_idle() {
+            return Ok((sender, true));
         }
+        if self.expect_h2.load(Ordering::Relaxed) {
+            let _one_at_a_time = self.connecting.lock().await;
+            // Whoever held the lock may have just made the connection this request needs.
+            if let Some(sender) = self.take_idle() {
+                return Ok((sender, true));
+            }
+            if self.expect_h2.load(Ordering::Relaxed) {
+                return Ok((self.connect_boxed().await?, false));
+            }
+        }
+        Ok((self.connect_boxed().await?, false))
+    }
+
+    /// Boxed: connecting (TCP, TLS, handshake) is rare and its future large, and every in-flight
+    /// request's future would otherwise carry room for it.
+    async fn connect_boxed(&self) -> Result<Sender, ConnectError> {
+        Box::pin(self.connect()).await
     }
 
     /// Returns an HTTP/1.1 connection once its response head has arrived.
@@ -110,7 +132,9 @@ impl Pool {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.destination.clone()).await?;
-        if io.connected().is_negotiated_h2() {
+        let h2 = io.connected().is_negotiated_h2();
+        self.expect_h2.store(h2, Ordering::Relaxed);
+        if h2 {
             // Pings find a connection that a NAT or load balancer dropped without a word, which
             // would otherwise hold every request of this worker until the response timeout.
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
