@@ -470,3 +470,24 @@ async fn a_tls_upstream_is_reached_over_h2_when_alpn_offers_it_and_http1_otherwi
         "ten concurrent requests, one h2 connection"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_connection_idle_past_pool_idle_timeout_is_closed() {
+    let stack = Stack::start_with(Options {
+        listen_toml: "workers = 1\n".into(),
+        upstream_toml: "pool_idle_timeout = \"1s\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let probe = stack.url("/contoso/_apis/connectionData");
+    assert_eq!(support::get(&probe, &[]).await.status, 200);
+    assert_eq!(support::get(&probe, &[]).await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(support::get(&probe, &[]).await.status, 200);
+    let peers: Vec<_> = stack.devops.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(peers[0], peers[1], "reused while fresh");
+    assert_ne!(
+        peers[1], peers[2],
+        "a new connection after the idle timeout"
+    );
+}
