@@ -9,7 +9,7 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -65,22 +65,31 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// What the client's upload did, shared by the body on its way upstream and the exchange record.
+#[derive(Default)]
+pub struct Upload {
+    pub bytes: AtomicU64,
+    /// The client broke off mid-upload. An h2 upstream only sees its stream reset, so the
+    /// failure is classified from here.
+    pub broke_off: AtomicBool,
+}
+
 /// The request body on its way upstream: streamed from the client (its errors mean the client went
 /// away mid-upload), or a small body read whole beforehand so the request can be replayed.
 pub enum UploadBody {
     Streaming {
         inner: Incoming,
-        received: Arc<AtomicU64>,
+        upload: Arc<Upload>,
         metrics: Arc<Metrics>,
     },
     Kept(Option<Bytes>),
 }
 
 impl UploadBody {
-    pub fn streaming(inner: Incoming, received: Arc<AtomicU64>, metrics: Arc<Metrics>) -> Self {
+    pub fn streaming(inner: Incoming, upload: Arc<Upload>, metrics: Arc<Metrics>) -> Self {
         Self::Streaming {
             inner,
-            received,
+            upload,
             metrics,
         }
     }
@@ -104,25 +113,28 @@ impl Body for UploadBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let (inner, received, metrics) = match self.get_mut() {
+        let (inner, upload, metrics) = match self.get_mut() {
             UploadBody::Kept(data) => return Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             UploadBody::Streaming {
                 inner,
-                received,
+                upload,
                 metrics,
-            } => (inner, received, metrics),
+            } => (inner, upload, metrics),
         };
         let frame = ready!(Pin::new(inner).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
-                    received.fetch_add(len, Ordering::Relaxed);
+                    upload.bytes.fetch_add(len, Ordering::Relaxed);
                     metrics.request_bytes.inc_by(len);
                 }
                 Some(Ok(frame))
             }
-            Some(Err(error)) => Some(Err(ClientBodyError(error))),
+            Some(Err(error)) => {
+                upload.broke_off.store(true, Ordering::Relaxed);
+                Some(Err(ClientBodyError(error)))
+            }
             None => None,
         })
     }
@@ -170,7 +182,7 @@ pub struct Exchange {
     method: Method,
     uri: Uri,
     started: Instant,
-    pub received: Arc<AtomicU64>,
+    pub upload: Arc<Upload>,
     sent: u64,
     status: Option<u16>,
     upstream_time: Option<Duration>,
@@ -190,7 +202,7 @@ impl Exchange {
             method,
             uri,
             started: Instant::now(),
-            received: Arc::new(AtomicU64::new(0)),
+            upload: Arc::default(),
             sent: 0,
             status: None,
             upstream_time: None,
@@ -243,7 +255,7 @@ impl Drop for Exchange {
             method = self.method.as_str(),
             path = self.uri.path(),
             status,
-            request_bytes = self.received.load(Ordering::Relaxed),
+            request_bytes = self.upload.bytes.load(Ordering::Relaxed),
             response_bytes = self.sent,
             duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             upstream_us = self

@@ -203,7 +203,7 @@ impl Proxy {
         if !keep {
             return Ok(UploadBody::streaming(
                 body,
-                exchange.received.clone(),
+                exchange.upload.clone(),
                 self.metrics.clone(),
             ));
         }
@@ -214,7 +214,7 @@ impl Proxy {
             .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?
             .to_bytes();
         let length = data.len() as u64;
-        exchange.received.fetch_add(length, Ordering::Relaxed);
+        exchange.upload.bytes.fetch_add(length, Ordering::Relaxed);
         self.metrics.request_bytes.inc_by(length);
         Ok(UploadBody::kept(data))
     }
@@ -231,7 +231,16 @@ impl Proxy {
         self.metrics
             .upstream_duration
             .observe(elapsed.as_secs_f64());
-        result.map_err(Rejection::Upstream)
+        result.map_err(|failure| {
+            // An h2 upstream sees a broken-off upload only as its stream being reset.
+            if failure == UpstreamFailure::Reset
+                && exchange.upload.broke_off.load(Ordering::Relaxed)
+            {
+                Rejection::Upstream(UpstreamFailure::ClientAborted)
+            } else {
+                Rejection::Upstream(failure)
+            }
+        })
     }
 
     /// Azure DevOps refused a token we believed valid (revoked, or the principal's access changed):

@@ -491,3 +491,47 @@ async fn an_upstream_connection_idle_past_pool_idle_timeout_is_closed() {
         "a new connection after the idle timeout"
     );
 }
+
+#[tokio::test]
+async fn an_upload_the_client_breaks_off_is_aborted_upstream_over_h2_too() {
+    use crate::support::tls_upstream::TlsUpstream;
+    use tokio::io::AsyncWriteExt as _;
+    let upstream = TlsUpstream::start(&[b"h2"]).await;
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(upstream.url()),
+        upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
+        ..Options::default()
+    })
+    .await;
+    // Larger than upstream.max_replay_body_bytes, so it streams; half of it is ever sent.
+    let mut client = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /contoso/_apis/upload HTTP/1.1\r\nHost: {}\r\nContent-Length: 1048576\r\n\r\n",
+        stack.proxy
+    );
+    client.write_all(head.as_bytes()).await.expect("head");
+    client
+        .write_all(&vec![b'u'; 512 * 1024])
+        .await
+        .expect("half the body");
+    client.flush().await.expect("flush");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(client);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = stack.metrics().await;
+        if metrics.contains(r#"ado_auth_proxy_upstream_errors_total{kind="client_aborted"} 1"#) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let seen = upstream.seen();
+    assert!(
+        seen.iter().all(|s| !s.body_complete),
+        "the upstream never got a complete body: {seen:?}"
+    );
+}

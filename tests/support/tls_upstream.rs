@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -28,6 +29,8 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// The proxy's end of the TCP connection.
     pub peer: SocketAddr,
+    /// The request body arrived whole (not reset or cut off).
+    pub body_complete: bool,
 }
 
 pub struct TlsUpstream {
@@ -70,7 +73,9 @@ impl TlsUpstream {
                     let service = service_fn(move |request: Request<Incoming>| {
                         let recorder = recorder.clone();
                         async move {
-                            Ok::<_, std::convert::Infallible>(answer(&recorder, peer, &request))
+                            Ok::<_, std::convert::Infallible>(
+                                answer(&recorder, peer, request).await,
+                            )
                         }
                     });
                     let _ = auto::Builder::new(TokioExecutor::new())
@@ -101,10 +106,11 @@ impl Drop for TlsUpstream {
     }
 }
 
-fn answer(
+/// Reads the whole request body first, as an upload endpoint would.
+async fn answer(
     recorder: &Mutex<Vec<Seen>>,
     peer: SocketAddr,
-    request: &Request<Incoming>,
+    request: Request<Incoming>,
 ) -> Response<Body> {
     let authority = request
         .uri()
@@ -127,8 +133,19 @@ fn answer(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned),
         peer,
+        body_complete: false,
     };
-    let body = json!({ "version": format!("{:?}", seen.version), "path": request.uri().path() });
+    let path = request.uri().path().to_owned();
+    let mut seen = seen;
+    let body_bytes = match request.into_body().collect().await {
+        Ok(body) => {
+            seen.body_complete = true;
+            body.to_bytes().len()
+        }
+        Err(_) => 0,
+    };
+    let body =
+        json!({ "version": format!("{:?}", seen.version), "path": path, "body_bytes": body_bytes });
     recorder.lock().expect("seen lock").push(seen);
     json_response(StatusCode::OK, &body)
 }
