@@ -4,6 +4,7 @@
 use http_body_util::BodyExt as _;
 
 use crate::harness::{OLD_PAT, Options, Stack, basic_pat, raw_exchange};
+use crate::support::tls_upstream::TlsUpstream;
 use crate::support::{self, jwt};
 
 #[tokio::test]
@@ -405,21 +406,27 @@ async fn upstream_connections_are_reused_and_one_streaming_a_body_is_passed_over
     }
 }
 
+/// The proxy (one worker: one connection pool) in front of a TLS upstream offering `alpn`,
+/// trusted through `upstream.ca_file`.
+async fn tls_stack(alpn: &[&[u8]]) -> (TlsUpstream, Stack) {
+    let upstream = TlsUpstream::start(alpn).await;
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(upstream.url()),
+        upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
+        listen_toml: "workers = 1\n".into(),
+        ..Options::default()
+    })
+    .await;
+    (upstream, stack)
+}
+
 #[tokio::test]
 async fn a_tls_upstream_is_reached_over_h2_when_alpn_offers_it_and_http1_otherwise() {
-    use crate::support::tls_upstream::TlsUpstream;
     for (alpn, version) in [
         (&[&b"h2"[..], b"http/1.1"][..], http::Version::HTTP_2),
         (&[&b"http/1.1"[..]][..], http::Version::HTTP_11),
     ] {
-        let upstream = TlsUpstream::start(alpn).await;
-        let stack = Stack::start_with(Options {
-            upstream_url: Some(upstream.url()),
-            upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
-            listen_toml: "workers = 1\n".into(),
-            ..Options::default()
-        })
-        .await;
+        let (upstream, stack) = tls_stack(alpn).await;
         for _ in 0..5 {
             let reply = support::get(
                 &stack.url("/contoso/_apis/projects"),
@@ -443,14 +450,7 @@ async fn a_tls_upstream_is_reached_over_h2_when_alpn_offers_it_and_http1_otherwi
     }
 
     // A burst on a fresh proxy shares one new h2 connection instead of opening one each.
-    let upstream = TlsUpstream::start(&[b"h2", b"http/1.1"]).await;
-    let stack = Stack::start_with(Options {
-        upstream_url: Some(upstream.url()),
-        upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
-        listen_toml: "workers = 1\n".into(),
-        ..Options::default()
-    })
-    .await;
+    let (upstream, stack) = tls_stack(&[b"h2", b"http/1.1"]).await;
     let url = stack.url("/contoso/_apis/projects");
     let burst: Vec<_> = (0..10)
         .map(|_| {
@@ -494,15 +494,8 @@ async fn an_upstream_connection_idle_past_pool_idle_timeout_is_closed() {
 
 #[tokio::test]
 async fn an_upload_the_client_breaks_off_is_aborted_upstream_over_h2_too() {
-    use crate::support::tls_upstream::TlsUpstream;
     use tokio::io::AsyncWriteExt as _;
-    let upstream = TlsUpstream::start(&[b"h2"]).await;
-    let stack = Stack::start_with(Options {
-        upstream_url: Some(upstream.url()),
-        upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
-        ..Options::default()
-    })
-    .await;
+    let (upstream, stack) = tls_stack(&[b"h2"]).await;
     // Larger than upstream.max_replay_body_bytes, so it streams; half of it is ever sent.
     let mut client = tokio::net::TcpStream::connect(stack.proxy)
         .await
