@@ -146,6 +146,34 @@ impl Stack {
         support::get(&self.admin_url("/metrics"), &[]).await.text()
     }
 
+    /// The value of one exported series (name and labels as `/metrics` prints them).
+    pub async fn metric(&self, series: &str) -> f64 {
+        let metrics = self.metrics().await;
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} is not exported:\n{metrics}"))
+    }
+
+    /// Polls `/readyz` until `done` holds for its JSON body; fails after 10 s with the last body.
+    pub async fn wait_for_readyz(
+        &self,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let body = self.readyz().await.json();
+            if done(&body) {
+                return body;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "readyz never got there: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Polls `/readyz` until it answers 200, for at most ten seconds.
     pub async fn wait_ready(&self) {
         for _ in 0..200 {

@@ -49,19 +49,6 @@ fn last_token_claims(stack: &Stack) -> Value {
     token_claims_of(last).expect("a bearer JWT")
 }
 
-/// Polls `/readyz` until `done` holds for its body, or fails after 10 s with the last body.
-async fn wait_for_readyz(stack: &Stack, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let body = stack.readyz().await.json();
-        if done(&body) {
-            return body;
-        }
-        assert!(Instant::now() < deadline, "readyz never got there: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 fn last_error(readyz: &Value) -> String {
     readyz["identities"][0]["last_error"]
         .as_str()
@@ -144,7 +131,9 @@ async fn a_forged_certificate_assertion_is_refused_and_readyz_says_why() {
         fixture(fixtures::FORGED_KEY_PK8)
     );
     let stack = stack_with_credential(credential, true).await;
-    let readyz = wait_for_readyz(&stack, |r| last_error(r).contains("AADSTS700027")).await;
+    let readyz = stack
+        .wait_for_readyz(|r| last_error(r).contains("AADSTS700027"))
+        .await;
     let error = last_error(&readyz);
     assert!(error.contains("certificate is not registered"), "{error}");
     assert_eq!(readyz["ready"], false);
@@ -247,7 +236,9 @@ async fn a_rotated_federated_token_file_is_read_at_the_next_refresh() {
             .federated_token_with(serde_json::json!({"sub": "system:serviceaccount:other:app"})),
     )
     .expect("rotate");
-    let readyz = wait_for_readyz(&stack, |r| last_error(r).contains("AADSTS70021")).await;
+    let readyz = stack
+        .wait_for_readyz(|r| last_error(r).contains("AADSTS70021"))
+        .await;
     assert!(
         last_error(&readyz).contains("no federated credential matches"),
         "{readyz}"
@@ -264,14 +255,16 @@ async fn a_rotated_secret_file_is_read_at_the_next_attempt() {
         secret_file.display()
     );
     let stack = stack_with_credential(credential, true).await;
-    let readyz = wait_for_readyz(&stack, |r| last_error(r).contains("AADSTS7000215")).await;
+    let readyz = stack
+        .wait_for_readyz(|r| last_error(r).contains("AADSTS7000215"))
+        .await;
     assert_eq!(readyz["ready"], false);
     std::fs::write(
         &secret_file,
         format!("{}\n", stack.entra.config().client_secret),
     )
     .expect("rotate");
-    wait_for_readyz(&stack, |r| r["ready"] == true).await;
+    stack.wait_for_readyz(|r| r["ready"] == true).await;
     let reply = support::get(&stack.url(PROBE), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
 }
@@ -355,7 +348,9 @@ async fn an_unknown_managed_identity_is_reported_and_not_hammered() {
         ..Options::default()
     })
     .await;
-    let readyz = wait_for_readyz(&stack, |r| last_error(r).contains("Identity not found")).await;
+    let readyz = stack
+        .wait_for_readyz(|r| last_error(r).contains("Identity not found"))
+        .await;
     // A 400 from IMDS does not change by retrying: the next attempt is a minute away, not 1 s.
     let next = readyz["identities"][0]["next_refresh_in_seconds"]
         .as_u64()
@@ -440,15 +435,7 @@ async fn two_clients_acting_as_two_identities_send_two_tokens() {
     }
 }
 
-async fn refused_count(stack: &Stack) -> u64 {
-    let metrics = stack.metrics().await;
-    metrics
-        .lines()
-        .find(|l| l.starts_with(r#"ado_auth_proxy_upstream_errors_total{kind="token_refused"}"#))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
+const TOKEN_REFUSED: &str = r#"ado_auth_proxy_upstream_errors_total{kind="token_refused"}"#;
 
 #[tokio::test]
 async fn a_refused_token_is_renewed_and_a_get_and_a_small_post_are_replayed() {
@@ -496,7 +483,7 @@ async fn a_refused_token_is_renewed_and_a_get_and_a_small_post_are_replayed() {
         "the replay carried the whole body"
     );
     assert_eq!(
-        refused_count(&stack).await,
+        stack.metric(TOKEN_REFUSED).await as u64,
         0,
         "the client never saw a refusal"
     );
@@ -523,7 +510,7 @@ async fn a_refused_token_with_a_streamed_body_gives_502_and_renews_for_the_next_
             .contains("refused the service principal's token")
     );
     assert!(reply.header("www-authenticate").is_none());
-    assert_eq!(refused_count(&stack).await, 1);
+    assert_eq!(stack.metric(TOKEN_REFUSED).await as u64, 1);
     // The renewal started in the background; the next request goes out with the new token.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -557,7 +544,7 @@ async fn a_principal_azure_devops_keeps_refusing_gets_502_without_a_password_pro
     let reply = support::get(&stack.url(PROBE), &[]).await;
     assert_eq!(reply.status, 502);
     assert_eq!(stack.entra.tokens_issued(), 2);
-    assert_eq!(refused_count(&stack).await, 2);
+    assert_eq!(stack.metric(TOKEN_REFUSED).await as u64, 2);
 }
 
 #[tokio::test]
