@@ -261,7 +261,15 @@ async fn in_flight_requests_finish_during_graceful_shutdown() {
     let mut stack = Stack::start().await;
     let url = stack.url("/_test/slow?ms=700");
     let pending = tokio::spawn(async move { support::get(&url, &[]).await });
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Shut down only once the request is in flight upstream.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stack.devops.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never arrived"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     stack.shutdown().await;
     let reply = pending.await.expect("request task");
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -279,13 +287,14 @@ async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
     })
     .await;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Taken before connecting: the server's timer starts when it accepts.
+    let started = std::time::Instant::now();
     let mut slow = tokio::net::TcpStream::connect(stack.proxy)
         .await
         .expect("connect");
     slow.write_all(b"GET /contoso/_apis/projects HTTP/1.1\r\nHost: x\r\n")
         .await
         .expect("write");
-    let started = std::time::Instant::now();
     let mut rest = Vec::new();
     let closed = tokio::time::timeout(
         std::time::Duration::from_secs(5),
@@ -510,21 +519,30 @@ async fn an_upload_the_client_breaks_off_is_aborted_upstream_over_h2_too() {
         .await
         .expect("half the body");
     client.flush().await.expect("flush");
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let wait = |what: &'static str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        move || assert!(std::time::Instant::now() < deadline, "{what}")
+    };
+    // Break off only once the upload is under way upstream.
+    let in_time = wait("the upload never reached the upstream");
+    while upstream.arrived() == 0 {
+        in_time();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     drop(client);
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let metrics = stack.metrics().await;
-        if metrics.contains(r#"ado_auth_proxy_upstream_errors_total{kind="client_aborted"} 1"#) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{metrics}");
+    let series = r#"ado_auth_proxy_upstream_errors_total{kind="client_aborted"}"#;
+    let in_time = wait("the abort was never counted as client_aborted");
+    while stack.metric(series).await < 1.0 {
+        in_time();
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    let in_time = wait("the upstream never finished reading");
+    while upstream.seen().is_empty() {
+        in_time();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let seen = upstream.seen();
-    assert!(
-        seen.iter().all(|s| !s.body_complete),
-        "the upstream never got a complete body: {seen:?}"
-    );
+    assert_eq!(seen.len(), 1);
+    assert!(!seen[0].body_complete, "the upstream got a complete body");
 }

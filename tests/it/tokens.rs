@@ -43,7 +43,7 @@ async fn a_short_lived_token_is_renewed_before_it_expires_without_a_failed_reque
 #[tokio::test]
 async fn entra_down_while_the_token_is_valid_loses_no_request() {
     let stack = Stack::start_with(Options {
-        token_lifetime_secs: Some(8),
+        token_lifetime_secs: Some(12),
         ..Options::default()
     })
     .await;
@@ -51,8 +51,9 @@ async fn entra_down_while_the_token_is_valid_loses_no_request() {
         status: 500,
         code: "AADSTS50000".into(),
     });
-    // Past the half-life refresh (4 s), which fails, and still inside the token's life.
-    let deadline = Instant::now() + Duration::from_millis(6000);
+    // Past the half-life refresh (6 s), which fails, and still well inside the token's usable
+    // life (12 s less a 1.2 s margin), with room for a slow machine.
+    let deadline = Instant::now() + Duration::from_millis(7500);
     while Instant::now() < deadline {
         let reply = support::get(&stack.url("/contoso/_apis/projects"), &[]).await;
         assert_eq!(reply.status, 200, "{}", reply.text());

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::{Request, Response, StatusCode, Version};
@@ -35,6 +36,9 @@ pub struct Seen {
 
 pub struct TlsUpstream {
     addr: SocketAddr,
+    /// Requests whose head arrived, counted before their body is read.
+    arrived: Arc<AtomicUsize>,
+    /// Requests answered, recorded once their body ended (whole or not).
     seen: Arc<Mutex<Vec<Seen>>>,
     task: JoinHandle<()>,
 }
@@ -59,19 +63,23 @@ impl TlsUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let arrived: Arc<AtomicUsize> = Arc::default();
         let recorder = seen.clone();
+        let counter = arrived.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, peer)) = listener.accept().await else {
                     return;
                 };
-                let (acceptor, recorder) = (acceptor.clone(), recorder.clone());
+                let (acceptor, recorder, counter) =
+                    (acceptor.clone(), recorder.clone(), counter.clone());
                 tokio::spawn(async move {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
                     let service = service_fn(move |request: Request<Incoming>| {
                         let recorder = recorder.clone();
+                        counter.fetch_add(1, Ordering::SeqCst);
                         async move {
                             Ok::<_, std::convert::Infallible>(
                                 answer(&recorder, peer, request).await,
@@ -84,7 +92,12 @@ impl TlsUpstream {
                 });
             }
         });
-        TlsUpstream { addr, seen, task }
+        TlsUpstream {
+            addr,
+            arrived,
+            seen,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -93,6 +106,10 @@ impl TlsUpstream {
 
     pub fn ca_file() -> PathBuf {
         fixtures::path("upstream-ca.pem")
+    }
+
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::SeqCst)
     }
 
     pub fn seen(&self) -> Vec<Seen> {
