@@ -139,7 +139,7 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
     for (path, auth) in [
         ("/contoso/_apis/projects", basic.as_str()),
         ("/contoso/_apis/projects", bearer.as_str()),
-        ("/_test/status/401", basic.as_str()),
+        ("/_test/status/403", basic.as_str()),
         ("/missing", bearer.as_str()),
     ] {
         let reply = support::get(&format!("{proxy}{path}"), &[("authorization", auth)]).await;
@@ -153,11 +153,33 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
         )
         .await,
     );
-    // A failing refresh logs Entra ID's answer; it must still not echo the secret.
+    // A failing refresh logs Entra ID's answer; it must still not echo the secret. Azure DevOps
+    // refusing the current token forces that refresh now.
     fakes.entra.set_mode(EntraMode::Fail {
         status: 401,
         code: "AADSTS7000215".into(),
     });
+    fakes.devops.revoke_seen_tokens();
+    let refused = support::get(
+        &format!("{proxy}/contoso/_apis/projects"),
+        &[("authorization", basic.as_str())],
+    )
+    .await;
+    assert_eq!(refused.status, 502, "{}", refused.text());
+    bodies.push_str(&refused.text());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let readyz = support::get(&format!("http://127.0.0.1:{admin_port}/readyz"), &[]).await;
+        if readyz.text().contains("AADSTS7000215") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed refresh never showed: {}",
+            readyz.text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     bodies.push_str(
         &support::get(&format!("http://127.0.0.1:{admin_port}/metrics"), &[])
             .await
@@ -213,7 +235,11 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|line| line["target"] == "audit")
         .collect();
-    assert_eq!(audit.len(), 5, "{logs}");
+    assert_eq!(audit.len(), 6, "{logs}");
+    assert!(
+        logs.contains("AADSTS7000215"),
+        "the failed refresh is logged with Entra ID's code"
+    );
     let first = &audit[0];
     for field in [
         "request_id",

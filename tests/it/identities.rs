@@ -2,7 +2,6 @@
 //! verifies client assertions and federated tokens cryptographically) and Azure DevOps receives
 //! it; and what happens when Azure DevOps refuses a token the proxy believed valid.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -619,7 +618,14 @@ async fn check_reads_github_actions_oidc_and_asks_azure_devops_who_it_is() {
         stdout.contains("TF400813") && stdout.contains("not a member"),
         "{stdout}"
     );
+    devops.set_members(None);
+    let asked = devops.requests().len();
     let output = run("_bad/org").output().await.expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success());
-    assert!(Path::new(&config).exists());
+    assert!(
+        stdout.contains("`_bad/org` is not an organization name"),
+        "{stdout}"
+    );
+    assert_eq!(devops.requests().len(), asked, "nothing was sent upstream");
 }
