@@ -307,7 +307,34 @@ async fn healthcheck_follows_readiness() {
         .expect("runs");
     assert!(!down.status.success(), "nothing listening yet");
 
+    // Listening but without a token: not healthy.
+    fakes.entra.set_mode(EntraMode::Fail {
+        status: 400,
+        code: "AADSTS90002".into(),
+    });
     let mut child = command(&["--config", config]).spawn().expect("spawn");
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
+        .await
+        .is_err()
+    {
+        assert!(std::time::Instant::now() < deadline, "admin never listened");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(support::get(&readyz, &[]).await.status, 503);
+    let not_ready = command(&["--config", config, "healthcheck"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(!not_ready.status.success(), "listening, but no token");
+    assert!(
+        String::from_utf8_lossy(&not_ready.stderr).contains("not ready"),
+        "{}",
+        String::from_utf8_lossy(&not_ready.stderr)
+    );
+
+    fakes.entra.set_mode(EntraMode::Normal);
     wait_ready(admin_port).await;
     let up = command(&["healthcheck"])
         .env("ADO_AUTH_PROXY_CONFIG", config)

@@ -161,6 +161,20 @@ async fn a_missing_or_broken_certificate_fails_start_up_with_the_key() {
         }
     }
     let dir = tempfile::TempDir::new().expect("temp dir");
+    // A missing file is caught with the configuration, before anything starts.
+    let missing = dir.path().join("missing.pem");
+    let message = ado_auth_proxy::config::Config::from_toml(&format!(
+        "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
+         credential = {{ kind = \"client_certificate\", certificate_file = \"{}\" }}\n",
+        missing.display()
+    ))
+    .expect_err("a missing certificate file")
+    .to_string();
+    assert!(
+        message.contains("identities.default.credential.certificate_file")
+            && message.contains("missing.pem"),
+        "{message}"
+    );
     let broken = dir.path().join("broken.pem");
     std::fs::write(&broken, "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
     let message = start_up_error(format!(
