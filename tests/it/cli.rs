@@ -28,11 +28,13 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+/// Two distinct free ports for the proxy and admin listeners: both are held until both are
+/// known, so they cannot be the same port.
+fn free_ports() -> (u16, u16) {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    let (a, b) = (bind(), bind());
+    let port = |l: &std::net::TcpListener| l.local_addr().expect("bound").port();
+    (port(&a), port(&b))
 }
 
 struct Fakes {
@@ -118,7 +120,7 @@ async fn terminate(child: &mut Child) -> (std::process::ExitStatus, String) {
 #[tokio::test]
 async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = (free_port(), free_port());
+    let (proxy_port, admin_port) = free_ports();
     let config = fakes.write_config(proxy_port, admin_port);
     let mut child = command(&[
         "--config",
@@ -263,7 +265,8 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
 #[tokio::test]
 async fn check_reports_the_principal_and_never_the_token() {
     let fakes = Fakes::start().await;
-    let config = fakes.write_config(free_port(), free_port());
+    let (proxy_port, admin_port) = free_ports();
+    let config = fakes.write_config(proxy_port, admin_port);
     let output = command(&["--config", config.to_str().expect("utf-8"), "check"])
         .output()
         .await
@@ -298,7 +301,7 @@ async fn check_reports_the_principal_and_never_the_token() {
 #[tokio::test]
 async fn healthcheck_follows_readiness() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = (free_port(), free_port());
+    let (proxy_port, admin_port) = free_ports();
     let config = fakes.write_config(proxy_port, admin_port);
     let config = config.to_str().expect("utf-8");
     let down = command(&["--config", config, "healthcheck"])
@@ -464,7 +467,7 @@ async fn keys_new_prints_a_key_once_and_only_its_hash_for_the_config() {
 #[tokio::test]
 async fn client_keys_never_appear_in_logs_responses_or_metrics() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = (free_port(), free_port());
+    let (proxy_port, admin_port) = free_ports();
     let config = fakes.write_config(proxy_port, admin_port);
     let keys = crate::access::Keys::new();
     let text = std::fs::read_to_string(&config).expect("read");
