@@ -1,9 +1,7 @@
 //! Client keys and allowlists through the real server: who may call, and what.
 
-use base64::Engine as _;
-
 use crate::git::{assert_ok, git};
-use crate::harness::{Options, Stack};
+use crate::harness::{Options, Stack, basic};
 use crate::support;
 
 #[derive(Clone)]
@@ -20,10 +18,14 @@ impl Keys {
         }
     }
 
+    /// The `key_sha256` line of a key, as `keys new` prints it.
+    pub fn hash(key: &str) -> String {
+        ado_auth_proxy::keys::to_hex(&ado_auth_proxy::keys::sha256(key.as_bytes()))
+    }
+
     /// Two clients: a read-only git and REST client, and a read/write git client.
     pub fn access_toml(&self) -> String {
-        let hash =
-            |key: &str| ado_auth_proxy::keys::to_hex(&ado_auth_proxy::keys::sha256(key.as_bytes()));
+        let hash = Keys::hash;
         format!(
             r#"
             [inbound]
@@ -55,13 +57,6 @@ async fn keyed_stack(keys: &Keys) -> Stack {
         ..Options::default()
     })
     .await
-}
-
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
 }
 
 #[tokio::test]

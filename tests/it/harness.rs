@@ -210,10 +210,15 @@ impl Drop for Stack {
 
 /// Basic auth as git and curl send a PAT: any user name, the PAT as password.
 pub fn basic_pat() -> String {
+    basic("anything", OLD_PAT)
+}
+
+/// An `Authorization: Basic` value, as git and curl build it.
+pub fn basic(user: &str, password: &str) -> String {
     use base64::Engine as _;
     format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("anything:{OLD_PAT}"))
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
     )
 }
 

@@ -15,16 +15,6 @@ use crate::support::{self, fixtures};
 const PROBE: &str = "/contoso/_apis/connectionData";
 
 /// An app registration identity pointed at the fake, with the given credential table.
-fn app_identity(entra: &FakeEntra, name: &str, credential: &str) -> String {
-    let cfg = entra.config();
-    format!(
-        "[identities.{name}]\ntenant_id = \"{}\"\nclient_id = \"{}\"\nauthority = \"{}\"\ncredential = {credential}\n",
-        cfg.tenant_id,
-        cfg.client_id,
-        entra.authority()
-    )
-}
-
 fn fixture(name: &str) -> String {
     fixtures::path(name).display().to_string()
 }
@@ -32,7 +22,7 @@ fn fixture(name: &str) -> String {
 async fn stack_with_credential(credential: String, no_wait: bool) -> Stack {
     Stack::start_with(Options {
         identities: Some(Box::new(move |entra| {
-            app_identity(entra, "default", &credential)
+            entra.identity_toml_with("default", &credential)
         })),
         no_wait,
         ..Options::default()
@@ -212,7 +202,7 @@ async fn a_rotated_federated_token_file_is_read_at_the_next_refresh() {
     let stack = Stack::start_with(Options {
         identities: Some(Box::new(move |entra| {
             std::fs::write(&token_file, entra.federated_token()).expect("write token file");
-            app_identity(entra, "default", &credential)
+            entra.identity_toml_with("default", &credential)
         })),
         token_lifetime_secs: Some(4),
         ..Options::default()
@@ -376,8 +366,7 @@ async fn an_unknown_managed_identity_is_reported_and_not_hammered() {
 #[tokio::test]
 async fn two_clients_acting_as_two_identities_send_two_tokens() {
     let keys = Keys::new();
-    let hash =
-        |key: &str| ado_auth_proxy::keys::to_hex(&ado_auth_proxy::keys::sha256(key.as_bytes()));
+    let hash = Keys::hash;
     let access = format!(
         r#"
         [inbound]
@@ -403,7 +392,7 @@ async fn two_clients_acting_as_two_identities_send_two_tokens() {
             let secret = format!(r#"{{ kind = "client_secret", secret = "{}" }}"#, entra.config().client_secret);
             format!(
                 "{}[identities.vm]\ncredential = {{ kind = \"managed_identity\", endpoint = \"{}\" }}\n",
-                app_identity(entra, "app", &secret),
+                entra.identity_toml_with("app", &secret),
                 entra.imds_url()
             )
         })),
@@ -575,8 +564,7 @@ async fn check_reads_github_actions_oidc_and_asks_azure_devops_who_it_is() {
         format!(
             "[upstream]\nurl = \"{}\"\n{}",
             devops.url(),
-            app_identity(
-                &entra,
+            entra.identity_toml_with(
                 "default",
                 r#"{ kind = "workload_identity", source = "github_actions" }"#
             )

@@ -269,14 +269,22 @@ impl FakeEntra {
     /// The `[identities.default]` table that points ado-auth-proxy at this fake, with the client
     /// secret inline or, as an operator would deploy it, read from `secret_file`.
     pub fn identity_toml(&self, secret_file: Option<&std::path::Path>) -> String {
-        let cfg = &self.state.cfg;
         let credential = match secret_file {
             Some(file) => format!("secret_file = \"{}\"", file.display()),
-            None => format!("secret = \"{}\"", cfg.client_secret),
+            None => format!("secret = \"{}\"", self.state.cfg.client_secret),
         };
+        self.identity_toml_with(
+            "default",
+            &format!("{{ kind = \"client_secret\", {credential} }}"),
+        )
+    }
+
+    /// An `[identities.NAME]` table for this fake's app registration with any credential table.
+    pub fn identity_toml_with(&self, name: &str, credential: &str) -> String {
+        let cfg = &self.state.cfg;
         format!(
-            "[identities.default]\ntenant_id = \"{}\"\nclient_id = \"{}\"\nauthority = \"{}\"\n\
-             credential = {{ kind = \"client_secret\", {credential} }}\n",
+            "[identities.{name}]\ntenant_id = \"{}\"\nclient_id = \"{}\"\nauthority = \"{}\"\n\
+             credential = {credential}\n",
             cfg.tenant_id,
             cfg.client_id,
             self.authority(),
