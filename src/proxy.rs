@@ -115,13 +115,15 @@ impl Proxy {
         let unavailable = || Rejection::TokenUnavailable {
             retry_after: token.retry_after(),
         };
-        // Checked before any body is read, and again after: a slow small body must not outlive
-        // the token it would be sent with.
-        token.bearer().ok_or_else(unavailable)?;
+        // Taken before any body is read, and again after reading one: a slow small body must not
+        // outlive the token it would be sent with.
+        let mut bearer = token.bearer().ok_or_else(unavailable)?;
 
         let (mut parts, body) = request.into_parts();
         let body = self.upload(body, exchange).await?;
-        let bearer = token.bearer().ok_or_else(unavailable)?;
+        if matches!(body, UploadBody::Kept(Some(_))) {
+            bearer = token.bearer().ok_or_else(unavailable)?;
+        }
         headers::prepare_request(
             &mut parts.headers,
             self.upstream.host_header(),
