@@ -284,19 +284,12 @@ RES=$WORK/results.tsv
 : >"$RES"
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; } # target metric round value
 
-# pids of the system under test (nginx: master and its workers)
+# pids of the system under test (nginx: master and its workers), on one line
 sut_pids() {
   case $1 in
-    nginx) echo "$NGINX_PID" "$(pgrep -P "$NGINX_PID" | tr '\n' ' ' || true)" ;;
+    nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true) ;;
     proxy) echo "$PROXY_PID" ;;
     direct) echo "$UP_PID" ;;
-  esac
-}
-# processes whose memory is reported (nginx: workers; the master only forks them)
-mem_pids() {
-  case $1 in
-    nginx) pgrep -P "$NGINX_PID" || true ;;
-    *) sut_pids "$1" ;;
   esac
 }
 cpu_ticks() { # utime + stime, summed
@@ -314,6 +307,26 @@ reset_peak_rss() { # VmHWM := VmRSS (Linux >= 4.0)
   for pid in "$@"; do echo 5 2>/dev/null >"/proc/$pid/clear_refs" && ok=1; done
   ((ok)) || log "warning: could not reset VmHWM; peak RSS is the lifetime peak"
 }
+# Peak of the summed PSS (proportional set size: a page shared by n processes counts 1/n in
+# each), sampled every 50 ms until OUT.stop exists. nginx's master and workers share their
+# binary, libraries and pre-fork heap, which a sum of RSS counts two or three times.
+sample_peak_pss() { # OUT pid...
+  local out=$1 peak=0 sum pid key value i
+  shift
+  for ((i = 0; i < 12000; i++)); do # at most 10 minutes, as the transfers' own timeout
+    [[ -e $out.stop ]] && break
+    sum=0
+    for pid in "$@"; do
+      while read -r key value _; do
+        [[ $key == Pss: ]] && sum=$((sum + value)) && break
+      done <"/proc/$pid/smaps_rollup" 2>/dev/null || true
+    done
+    ((sum > peak)) && peak=$sum
+    echo "$peak" >"$out"
+    sleep 0.05
+  done
+}
+kib_to_mib() { awk -v kb="$(cat "$1" 2>/dev/null || echo 0)" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 peak_rss_mib() { # sum of VmHWM
   local pid kb=0 v
   for pid in "$@"; do
@@ -333,10 +346,9 @@ end
 EOF
 
 run_small() { # target connections round
-  local t=$1 c=$2 r=$3 sut mem before after out line
+  local t=$1 c=$2 r=$3 sut before after out line
   read -r -a sut <<<"$(sut_pids "$t")"
-  read -r -a mem <<<"$(mem_pids "$t")"
-  reset_peak_rss "${mem[@]}"
+  reset_peak_rss "${sut[@]}"
   before=$(cpu_ticks "${sut[@]}")
   out=$(timeout $((DURATION_S + 30)) wrk -t"$WRK_THREADS" -c"$c" -d"$DURATION" --timeout 10s \
     -s "$WORK/report.lua" "${URL[$t]}/small" 2>&1) || die "wrk failed against $t: $out"
@@ -350,16 +362,20 @@ run_small() { # target connections round
   record "$t" "cpu_c$c" "$r" "$(awk -v t=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" \
     'BEGIN { printf "%.1f", t * 1e6 / hz / n }')"
   record "$t" "err_c$c" "$r" "$errs"
-  record "$t" "rss_c$c" "$r" "$(peak_rss_mib "${mem[@]}")"
+  record "$t" "rss_c$c" "$r" "$(peak_rss_mib "${sut[@]}")"
   log "$t c=$c round $r: $(awk -v n="$reqs" -v d="$dur_us" 'BEGIN { printf "%.0f", n / (d / 1e6) }') req/s, p50 ${p50}us p99 ${p99}us, $errs errors"
 }
 
 value_of() { awk -F'\t' -v t="$1" -v m="$2" -v r="$3" '$1 == t && $2 == m && $3 == r { print $4 }' "$RES"; }
 
 run_stream() { # target round
-  local t=$1 r=$2 mem out speed size code
-  read -r -a mem <<<"$(mem_pids "$t")"
-  reset_peak_rss "${mem[@]}"
+  local t=$1 r=$2 sut out speed size code sampler pss=$WORK/pss.$t.$r
+  read -r -a sut <<<"$(sut_pids "$t")"
+  reset_peak_rss "${sut[@]}"
+  rm -f "$pss" "$pss.stop"
+  sample_peak_pss "$pss" "${sut[@]}" &
+  sampler=$!
+  PIDS+=("$sampler")
   out=$(curl -s -o /dev/null --max-time 600 -w '%{speed_download} %{size_download} %{http_code}' \
     "${URL[$t]}/download?bytes=$STREAM_BYTES") || die "$t: download failed ($out)"
   read -r speed size code <<<"$out"
@@ -373,8 +389,11 @@ run_stream() { # target round
   [[ $code == 200 && $(tr -d '\n' <"$WORK/upload.out") == "$STREAM_BYTES" ]] ||
     die "$t: upload got $code, upstream counted $(cat "$WORK/upload.out")"
   record "$t" ul "$r" "$(awk -v s="$speed" 'BEGIN { printf "%.0f", s / 1048576 }')"
-  record "$t" rss_stream "$r" "$(peak_rss_mib "${mem[@]}")"
-  log "$t streaming round $r: download $(value_of "$t" dl "$r") MiB/s, upload $(value_of "$t" ul "$r") MiB/s, peak RSS $(peak_rss_mib "${mem[@]}") MiB"
+  touch "$pss.stop"
+  wait "$sampler" || true
+  record "$t" rss_stream "$r" "$(peak_rss_mib "${sut[@]}")"
+  record "$t" pss_stream "$r" "$(kib_to_mib "$pss")"
+  log "$t streaming round $r: download $(value_of "$t" dl "$r") MiB/s, upload $(value_of "$t" ul "$r") MiB/s, peak RSS $(peak_rss_mib "${sut[@]}") MiB, peak PSS $(kib_to_mib "$pss") MiB"
 }
 
 read -r -a targets <<<"$TARGETS"
@@ -420,7 +439,7 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
   echo "- ado-auth-proxy: ${proxy_version:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)}, commit $commit${dirty:+ + local changes}, $(rustc --version 2>/dev/null || echo rustc ?), release profile"
   echo "- $("$NGINX" -v 2>&1 | head -n 1), $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2 || true), $(curl --version | head -n 1 | cut -d' ' -f1-2)"
   echo "- settings: TARGETS=\"$TARGETS\" ROUNDS=$ROUNDS DURATION=$DURATION CONNECTIONS=\"$CONNECTIONS\" WRK_THREADS=$WRK_THREADS STREAM_BYTES=$STREAM_BYTES NGINX_WORKERS=$NGINX_WORKERS NGINX_BUFFER=$NGINX_BUFFER BENCH_UPSTREAM_THREADS=$BENCH_UPSTREAM_THREADS (proxy: default runtime, $NCPU worker threads, RUST_LOG=$PROXY_RUST_LOG)"
-  echo "- median of $ROUNDS rounds; target order rotated per round; \`GET /small\` answers $(wc -c <"$WORK/small.direct") bytes of JSON; CPU is user+system time of the server under test (direct: the upstream itself) per request; RSS is the peak (VmHWM, reset before each run) of the proxy process / the sum over nginx workers"
+  echo "- median of $ROUNDS rounds; target order rotated per round; \`GET /small\` answers $(wc -c <"$WORK/small.direct") bytes of JSON; CPU is user+system time of the server under test (direct: the upstream itself) per request; RSS is the peak (VmHWM, reset before each run), summed over the server's processes (nginx: master and workers, which share their binary, libraries and pre-fork heap, so the sum counts those pages more than once); PSS divides shared pages among the processes that share them, sampled every 50 ms while streaming"
   logs=""
   has_target nginx && logs+=" nginx access.log $(wc -l <"$WORK/nginx/access.log") lines;"
   has_target proxy && logs+=" proxy stderr $(wc -l <"$WORK/proxy/stderr.log") lines;"
@@ -438,7 +457,7 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
       "cpu_c$c|small GET, $c conns: CPU µs/req" "rss_c$c|small GET, $c conns: peak RSS MiB" "err_c$c|small GET, $c conns: errors")
   done
   rows+=("dl|download $((STREAM_BYTES / 1048576)) MiB: MiB/s" "ul|upload $((STREAM_BYTES / 1048576)) MiB (chunked): MiB/s"
-    "rss_stream|streaming: peak RSS MiB")
+    "rss_stream|streaming: peak RSS MiB" "pss_stream|streaming: peak PSS MiB")
   for row in "${rows[@]}"; do
     m=${row%%|*}
     line="| ${row#*|} |"
