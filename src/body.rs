@@ -18,6 +18,7 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::audit::{self, AuditLine};
 use crate::auth::Client;
 use crate::metrics::{Metrics, NO_CLIENT, UpstreamFailure};
 
@@ -247,23 +248,22 @@ impl Drop for Exchange {
             .zip(self.rule)
             .and_then(|(client, index)| client.allow.rule(index))
             .map(|rule| rule.description());
-        tracing::info!(
-            target: "audit",
-            request_id = self.request_id.hex(&mut [0; 16]),
-            client = client.map_or(NO_CLIENT, |c| &*c.name),
+        audit::record(&AuditLine {
+            request_id: self.request_id.hex(&mut [0; 16]),
+            client: client.map_or(NO_CLIENT, |c| &*c.name),
             rule,
-            method = self.method.as_str(),
-            path = self.uri.path(),
+            method: self.method.as_str(),
+            path: self.uri.path(),
             status,
-            request_bytes = self.upload.bytes.load(Ordering::Relaxed),
-            response_bytes = self.sent,
-            duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            upstream_us = self
+            request_bytes: self.upload.bytes.load(Ordering::Relaxed),
+            response_bytes: self.sent,
+            duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            upstream_us: self
                 .upstream_time
                 .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
-            outcome = self.outcome.as_str(),
-            replayed = self.replayed.then_some(true),
-        );
+            outcome: self.outcome.as_str(),
+            replayed: self.replayed,
+        });
     }
 }
 

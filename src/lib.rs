@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod allow;
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod check;

@@ -1,9 +1,9 @@
 //! Log line formats, text and JSON, written straight into the line buffer.
 //!
-//! Every request logs an audit event with a dozen fields; `tracing_subscriber`'s stock formatters
-//! spend several microseconds on styling and padding for each. These write the same information
-//! (timestamp, level, target, fields) with plain appends: `key=value` pairs, or one JSON object
-//! per line with the fields flattened.
+//! `tracing_subscriber`'s stock formatters spend several microseconds a line on styling and
+//! padding. These write the same information (timestamp, level, target, fields) with plain
+//! appends: `key=value` pairs, or one JSON object per line with the fields flattened. The audit
+//! line (`audit`) uses the same field writers without going through `tracing`.
 
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +20,77 @@ pub enum LineFormat {
     Json,
 }
 
+impl LineFormat {
+    /// Timestamp, level and target: everything before a line's fields.
+    pub fn start(self, out: &mut impl fmt::Write, level: &Level, target: &str) -> fmt::Result {
+        let mut timestamp = [0u8; TIMESTAMP_LEN];
+        let now = rfc3339_micros(SystemTime::now(), &mut timestamp);
+        match self {
+            LineFormat::Text => {
+                out.write_str(now)?;
+                out.write_str(padded_level(level))?;
+                out.write_str(target)?;
+                out.write_char(':')
+            }
+            LineFormat::Json => {
+                out.write_str("{\"timestamp\":\"")?;
+                out.write_str(now)?;
+                out.write_str("\",\"level\":\"")?;
+                out.write_str(level.as_str())?;
+                out.write_str("\",\"target\":")?;
+                json_string(out, target)
+            }
+        }
+    }
+
+    pub fn str_field(self, out: &mut impl fmt::Write, name: &str, value: &str) -> fmt::Result {
+        match self {
+            LineFormat::Text => {
+                out.write_char(' ')?;
+                out.write_str(name)?;
+                out.write_char('=')?;
+                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
+                    out.write_str(value)
+                } else {
+                    quoted(out, value)
+                }
+            }
+            LineFormat::Json => {
+                json_key(out, name)?;
+                json_string(out, value)
+            }
+        }
+    }
+
+    pub fn u64_field(self, out: &mut impl fmt::Write, name: &str, value: u64) -> fmt::Result {
+        self.bare_field(out, name, decimal(value, &mut [0; 20]))
+    }
+
+    pub fn bool_field(self, out: &mut impl fmt::Write, name: &str, value: bool) -> fmt::Result {
+        self.bare_field(out, name, if value { "true" } else { "false" })
+    }
+
+    /// A value written as it is in both formats: a number or a boolean.
+    fn bare_field(self, out: &mut impl fmt::Write, name: &str, value: &str) -> fmt::Result {
+        match self {
+            LineFormat::Text => {
+                out.write_char(' ')?;
+                out.write_str(name)?;
+                out.write_char('=')?;
+            }
+            LineFormat::Json => json_key(out, name)?,
+        }
+        out.write_str(value)
+    }
+
+    pub fn end(self, out: &mut impl fmt::Write) -> fmt::Result {
+        match self {
+            LineFormat::Text => out.write_char('\n'),
+            LineFormat::Json => out.write_str("}\n"),
+        }
+    }
+}
+
 impl<S, N> FormatEvent<S, N> for LineFormat
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -32,38 +103,15 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let mut timestamp = [0u8; TIMESTAMP_LEN];
-        let now = rfc3339_micros(SystemTime::now(), &mut timestamp);
-        match self {
-            LineFormat::Text => {
-                writer.write_str(now)?;
-                writer.write_str(padded_level(meta.level()))?;
-                writer.write_str(meta.target())?;
-                writer.write_char(':')?;
-                let mut fields = TextFields {
-                    out: &mut writer,
-                    result: Ok(()),
-                };
-                event.record(&mut fields);
-                fields.result?;
-            }
-            LineFormat::Json => {
-                writer.write_str("{\"timestamp\":\"")?;
-                writer.write_str(now)?;
-                writer.write_str("\",\"level\":\"")?;
-                writer.write_str(meta.level().as_str())?;
-                writer.write_str("\",\"target\":")?;
-                json_string(&mut writer, meta.target())?;
-                let mut fields = JsonFields {
-                    out: &mut writer,
-                    result: Ok(()),
-                };
-                event.record(&mut fields);
-                fields.result?;
-                writer.write_char('}')?;
-            }
-        }
-        writer.write_char('\n')
+        self.start(&mut writer, meta.level(), meta.target())?;
+        let mut fields = Fields {
+            format: *self,
+            out: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        self.end(&mut writer)
     }
 }
 
@@ -142,122 +190,90 @@ fn decimal(value: u64, buf: &mut [u8; 20]) -> &str {
     std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
-struct TextFields<'a, 'w> {
+struct Fields<'a, 'w> {
+    format: LineFormat,
     out: &'a mut Writer<'w>,
     result: fmt::Result,
 }
 
-impl TextFields<'_, '_> {
-    fn pair(&mut self, field: &Field, value: &str) -> fmt::Result {
-        self.out.write_char(' ')?;
-        self.out.write_str(field.name())?;
-        self.out.write_char('=')?;
-        self.out.write_str(value)
+impl Fields<'_, '_> {
+    fn record(&mut self, write: impl FnOnce(LineFormat, &mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = write(self.format, self.out);
+        }
     }
 }
 
-impl Visit for TextFields<'_, '_> {
+impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = if field.name() == "message" {
-            self.out
-                .write_char(' ')
-                .and_then(|()| self.out.write_str(value))
-        } else if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
-            self.pair(field, value)
-        } else {
-            write!(self.out, " {}={value:?}", field.name())
-        };
+        self.record(|format, out| match format {
+            // The text format prints the message bare, after the target.
+            LineFormat::Text if field.name() == "message" => {
+                out.write_char(' ')?;
+                out.write_str(value)
+            }
+            _ => format.str_field(out, field.name(), value),
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_ok() {
-            self.result = self.pair(field, decimal(value, &mut [0; 20]));
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.result.is_ok() {
-            self.result = self.pair(field, if value { "true" } else { "false" });
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_err() {
-            return;
-        }
-        self.result = if field.name() == "message" {
-            write!(self.out, " {value:?}")
-        } else {
-            write!(self.out, " {}={value:?}", field.name())
-        };
-    }
-}
-
-struct JsonFields<'a, 'w> {
-    out: &'a mut Writer<'w>,
-    result: fmt::Result,
-}
-
-impl JsonFields<'_, '_> {
-    fn key(&mut self, field: &Field) -> fmt::Result {
-        self.out.write_char(',')?;
-        json_string(self.out, field.name())?;
-        self.out.write_char(':')
-    }
-}
-
-impl Visit for JsonFields<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| json_string(self.out, value));
-        }
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_ok() {
-            self.result = self
-                .key(field)
-                .and_then(|()| self.out.write_str(decimal(value, &mut [0; 20])));
-        }
+        self.record(|format, out| format.u64_field(out, field.name(), value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| write!(self.out, "{value}"));
-        }
+        self.record(|format, out| format.bare_field(out, field.name(), &value.to_string()));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| write!(self.out, "{value}"));
-        }
+        self.record(|format, out| format.bool_field(out, field.name(), value));
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if self.result.is_ok() {
-            self.result = self.key(field).and_then(|()| {
-                if value.is_finite() {
-                    write!(self.out, "{value}")
-                } else {
-                    self.out.write_str("null")
-                }
-            });
-        }
+        self.record(|format, out| match format {
+            LineFormat::Text => write!(out, " {}={value:?}", field.name()),
+            LineFormat::Json if value.is_finite() => {
+                format.bare_field(out, field.name(), &value.to_string())
+            }
+            LineFormat::Json => format.bare_field(out, field.name(), "null"),
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if self.result.is_ok() {
+        self.record(|format, out| match format {
+            LineFormat::Text if field.name() == "message" => write!(out, " {value:?}"),
+            LineFormat::Text => write!(out, " {}={value:?}", field.name()),
             // Display-ish values (`%x` fields) arrive here; render, then escape.
-            let text = format!("{value:?}");
-            self.result = self.key(field).and_then(|()| json_string(self.out, &text));
-        }
+            LineFormat::Json => format.str_field(out, field.name(), &format!("{value:?}")),
+        });
     }
 }
 
-fn json_string(out: &mut Writer<'_>, value: &str) -> fmt::Result {
+fn json_key(out: &mut impl fmt::Write, name: &str) -> fmt::Result {
+    out.write_char(',')?;
+    json_string(out, name)?;
+    out.write_char(':')
+}
+
+/// `value` in double quotes as `{:?}` writes it; printable ASCII (the usual case: a rule such as
+/// `GET /org/**`) without the formatting machinery.
+fn quoted(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
+    if !value.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return write!(out, "{value:?}");
+    }
+    out.write_char('"')?;
+    let mut plain_from = 0;
+    for (i, b) in value.bytes().enumerate() {
+        if b == b'"' || b == b'\\' {
+            out.write_str(&value[plain_from..i])?;
+            out.write_char('\\')?;
+            plain_from = i;
+        }
+    }
+    out.write_str(&value[plain_from..])?;
+    out.write_char('"')
+}
+
+fn json_string(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
     out.write_char('"')?;
     let mut plain_from = 0;
     for (i, c) in value.char_indices() {

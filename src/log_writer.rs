@@ -31,6 +31,27 @@ impl Shared {
     }
 }
 
+impl Shared {
+    fn append(&self, bytes: &[u8]) {
+        let mut batch = self.lock();
+        if batch.closed {
+            drop(batch);
+            write_out(bytes);
+            return;
+        }
+        if batch.bytes.capacity() == 0 {
+            batch.bytes.reserve(BATCH_BYTES * 2);
+        }
+        batch.bytes.extend_from_slice(bytes);
+        if batch.bytes.len() >= BATCH_BYTES {
+            // A full batch is written by the thread that filled it, outside the lock.
+            let full = mem::take(&mut batch.bytes);
+            drop(batch);
+            write_out(&full);
+        }
+    }
+}
+
 fn write_out(bytes: &[u8]) {
     // Nowhere to report a failing stderr; dropping the lines is all that is left.
     let _ = io::stderr().lock().write_all(bytes);
@@ -49,6 +70,11 @@ pub struct FlushGuard {
 }
 
 impl BatchedStderr {
+    /// Appends whole lines (each ending in a newline) to the batch.
+    pub fn write_lines(&self, bytes: &[u8]) {
+        self.shared.append(bytes);
+    }
+
     pub fn start() -> (BatchedStderr, FlushGuard) {
         let shared = Arc::new(Shared {
             batch: Mutex::new(Batch::default()),
@@ -107,22 +133,7 @@ pub struct BatchHandle<'a> {
 
 impl Write for BatchHandle<'_> {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut batch = self.shared.lock();
-        if batch.closed {
-            drop(batch);
-            write_out(bytes);
-            return Ok(bytes.len());
-        }
-        if batch.bytes.capacity() == 0 {
-            batch.bytes.reserve(BATCH_BYTES * 2);
-        }
-        batch.bytes.extend_from_slice(bytes);
-        if batch.bytes.len() >= BATCH_BYTES {
-            // A full batch is written by the thread that filled it, outside the lock.
-            let full = mem::take(&mut batch.bytes);
-            drop(batch);
-            write_out(&full);
-        }
+        self.shared.append(bytes);
         Ok(bytes.len())
     }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ado_auth_proxy::config::Config;
 use ado_auth_proxy::log_format::LineFormat;
 use ado_auth_proxy::log_writer::{BatchedStderr, FlushGuard};
-use ado_auth_proxy::{App, keys};
+use ado_auth_proxy::{App, audit, keys};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -112,13 +112,15 @@ fn init_logging(format: LogFormat) -> FlushGuard {
     let (writer, guard) = BatchedStderr::start();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let format = match format {
+        LogFormat::Text => LineFormat::Text,
+        LogFormat::Json => LineFormat::Json,
+    };
+    audit::install(format, writer.clone());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
-        .event_format(match format {
-            LogFormat::Text => LineFormat::Text,
-            LogFormat::Json => LineFormat::Json,
-        })
+        .event_format(format)
         .init();
     guard
 }

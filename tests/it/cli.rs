@@ -523,3 +523,47 @@ async fn client_keys_never_appear_in_logs_responses_or_metrics() {
     assert_eq!(clients, ["reader", "writer", "-", "reader"], "{logs}");
     assert_eq!(audit[0]["rule"], "GET /contoso/_apis/projects");
 }
+
+/// The audit line is written outside `tracing`'s formatter, in the text format by default;
+/// `RUST_LOG` still decides whether it is written.
+#[tokio::test]
+async fn text_audit_lines_follow_rust_log() {
+    let fakes = Fakes::start().await;
+    for (filter, audited) in [("info", true), ("info,audit=off", false)] {
+        let (proxy_port, admin_port) = free_ports();
+        let config = fakes.write_config(proxy_port, admin_port);
+        let mut child = command(&["--config", config.to_str().expect("utf-8"), "run"])
+            .env("RUST_LOG", filter)
+            .spawn()
+            .expect("spawn");
+        wait_ready(admin_port).await;
+        let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects?api-version=7.1");
+        assert_eq!(support::get(&url, &[]).await.status, 200);
+        let (_, logs) = terminate(&mut child).await;
+        let audit: Vec<&str> = logs
+            .lines()
+            .filter(|line| line.contains(" INFO audit: "))
+            .collect();
+        if audited {
+            assert_eq!(audit.len(), 1, "{logs}");
+            assert!(
+                audit[0].contains(" method=GET path=/contoso/_apis/projects status=200 "),
+                "{logs}"
+            );
+            assert!(
+                audit[0].contains(" outcome=complete") && audit[0].contains(" upstream_us="),
+                "{logs}"
+            );
+            assert!(
+                !audit[0].contains("api-version"),
+                "the query is logged: {logs}"
+            );
+        } else {
+            assert!(audit.is_empty(), "RUST_LOG={filter}: {logs}");
+            assert!(
+                logs.contains(" INFO "),
+                "other lines are still logged: {logs}"
+            );
+        }
+    }
+}
