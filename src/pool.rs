@@ -20,7 +20,6 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use crate::body::UploadBody;
-use crate::server::STREAM_BUFFER_BYTES;
 
 pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -152,10 +151,7 @@ impl Pool {
             lock(&self.idle).http2 = Some((sender.clone(), Instant::now()));
             Ok(Sender::Http2(sender))
         } else {
-            let (sender, connection) = http1::Builder::new()
-                .max_buf_size(STREAM_BUFFER_BYTES)
-                .handshake(io)
-                .await?;
+            let (sender, connection) = http1::handshake(io).await?;
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(error = %error, "upstream connection ended");

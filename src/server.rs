@@ -20,11 +20,6 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
-/// The most a connection's read buffer grows to while a body streams (both sides of the proxy).
-/// hyper's default (~400 KiB) allocates a fresh buffer of up to that size for every read that
-/// a previous chunk still holds; 64 KiB reads keep up with loopback and keep memory flat.
-pub const STREAM_BUFFER_BYTES: usize = 64 * 1024;
-
 /// What serves one request: any `Fn(Request) -> impl Future<Output = Response>` whose body
 /// streams bytes, named once here instead of in every function's bounds.
 pub trait Handler: Clone + Send + Sync + 'static {
@@ -164,7 +159,6 @@ impl ConnectionServer {
             .timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
             .max_header_size(options.max_header_bytes)
-            .max_buf_size(options.max_header_bytes.max(STREAM_BUFFER_BYTES))
             .keep_alive(true);
         Self {
             builder,
