@@ -183,7 +183,10 @@ pub struct Exchange {
     method: Method,
     uri: Uri,
     started: Instant,
-    pub upload: Arc<Upload>,
+    /// Only for a streamed upload, which counts as it goes; most requests have no body.
+    upload: Option<Arc<Upload>>,
+    /// A body read whole before it was sent.
+    kept_upload_bytes: u64,
     sent: u64,
     status: Option<u16>,
     upstream_time: Option<Duration>,
@@ -203,7 +206,8 @@ impl Exchange {
             method,
             uri,
             started: Instant::now(),
-            upload: Arc::default(),
+            upload: None,
+            kept_upload_bytes: 0,
             sent: 0,
             status: None,
             upstream_time: None,
@@ -224,6 +228,26 @@ impl Exchange {
 
     pub fn set_replayed(&mut self) {
         self.replayed = true;
+    }
+
+    /// The record a streamed upload keeps up to date as it goes.
+    pub fn track_upload(&mut self) -> Arc<Upload> {
+        self.upload.get_or_insert_default().clone()
+    }
+
+    pub fn add_kept_upload(&mut self, bytes: u64) {
+        self.kept_upload_bytes += bytes;
+    }
+
+    pub fn upload_broke_off(&self) -> bool {
+        self.upload
+            .as_ref()
+            .is_some_and(|upload| upload.broke_off.load(Ordering::Relaxed))
+    }
+
+    fn request_bytes(&self) -> u64 {
+        let streamed = self.upload.as_ref();
+        self.kept_upload_bytes + streamed.map_or(0, |upload| upload.bytes.load(Ordering::Relaxed))
     }
 
     /// Time spent waiting for Azure DevOps' answers (summed over a replay).
@@ -255,7 +279,7 @@ impl Drop for Exchange {
             method: self.method.as_str(),
             path: self.uri.path(),
             status,
-            request_bytes: self.upload.bytes.load(Ordering::Relaxed),
+            request_bytes: self.request_bytes(),
             response_bytes: self.sent,
             duration_us: u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             upstream_us: self

@@ -4,7 +4,6 @@
 //! nothing here waits on Entra ID.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -85,7 +84,7 @@ impl Proxy {
             request.method().clone(),
             request.uri().clone(),
         );
-        let request_id = exchange.request_id.to_string();
+        let request_id = exchange.request_id;
         let mut response = match self.forward(request, &mut exchange).await {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -95,11 +94,11 @@ impl Proxy {
                 self.count_rejection(&rejection);
                 let status = rejection.status().as_u16();
                 rejection
-                    .to_response(&request_id)
+                    .to_response(request_id.hex(&mut [0; 16]))
                     .map(|body| ResponseBody::local(body, exchange, status))
             }
         };
-        if let Ok(value) = HeaderValue::try_from(request_id) {
+        if let Ok(value) = HeaderValue::from_str(request_id.hex(&mut [0; 16])) {
             response.headers_mut().insert(REQUEST_ID.clone(), value);
         }
         response
@@ -194,7 +193,11 @@ impl Proxy {
 
     /// A small body (by its declared length) is read whole so the request can be replayed;
     /// anything larger or of unknown length streams through untouched.
-    async fn upload(&self, body: Incoming, exchange: &Exchange) -> Result<UploadBody, Rejection> {
+    async fn upload(
+        &self,
+        body: Incoming,
+        exchange: &mut Exchange,
+    ) -> Result<UploadBody, Rejection> {
         if body.is_end_stream() {
             return Ok(UploadBody::kept(Bytes::new()));
         }
@@ -205,7 +208,7 @@ impl Proxy {
         if !keep {
             return Ok(UploadBody::streaming(
                 body,
-                exchange.upload.clone(),
+                exchange.track_upload(),
                 self.metrics.clone(),
             ));
         }
@@ -216,7 +219,7 @@ impl Proxy {
             .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?
             .to_bytes();
         let length = data.len() as u64;
-        exchange.upload.bytes.fetch_add(length, Ordering::Relaxed);
+        exchange.add_kept_upload(length);
         self.metrics.request_bytes.inc_by(length);
         Ok(UploadBody::kept(data))
     }
@@ -235,9 +238,7 @@ impl Proxy {
             .observe(elapsed.as_secs_f64());
         result.map_err(|failure| {
             // An h2 upstream sees a broken-off upload only as its stream being reset.
-            if failure == UpstreamFailure::Reset
-                && exchange.upload.broke_off.load(Ordering::Relaxed)
-            {
+            if failure == UpstreamFailure::Reset && exchange.upload_broke_off() {
                 Rejection::Upstream(UpstreamFailure::ClientAborted)
             } else {
                 Rejection::Upstream(failure)

@@ -539,13 +539,17 @@ async fn text_audit_lines_follow_rust_log() {
         wait_ready(admin_port).await;
         let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects?api-version=7.1");
         assert_eq!(support::get(&url, &[]).await.status, 200);
+        // A body kept whole for a replay, and one too large to keep that streams through.
+        for size in [11, 100 * 1024] {
+            support::request("POST", &url, &[], vec![b'x'; size]).await;
+        }
         let (_, logs) = terminate(&mut child).await;
         let audit: Vec<&str> = logs
             .lines()
             .filter(|line| line.contains(" INFO audit: "))
             .collect();
         if audited {
-            assert_eq!(audit.len(), 1, "{logs}");
+            assert_eq!(audit.len(), 3, "{logs}");
             assert!(
                 audit[0].contains(" method=GET path=/contoso/_apis/projects status=200 "),
                 "{logs}"
@@ -558,6 +562,9 @@ async fn text_audit_lines_follow_rust_log() {
                 !audit[0].contains("api-version"),
                 "the query is logged: {logs}"
             );
+            for (line, bytes) in audit.iter().zip(["0", "11", "102400"]) {
+                assert!(line.contains(&format!(" request_bytes={bytes} ")), "{logs}");
+            }
         } else {
             assert!(audit.is_empty(), "RUST_LOG={filter}: {logs}");
             assert!(
