@@ -313,13 +313,13 @@ reset_peak_rss() { # VmHWM := VmRSS (Linux >= 4.0)
 sample_peak_pss() { # OUT pid...
   local out=$1 peak=0 sum pid key value i
   shift
-  for ((i = 0; i < 12000; i++)); do # at most 10 minutes, as the transfers' own timeout
+  for ((i = 0; i < 24000; i++)); do # at most 20 minutes: the two transfers' own timeouts
     [[ -e $out.stop ]] && break
     sum=0
     for pid in "$@"; do
       while read -r key value _; do
         [[ $key == Pss: ]] && sum=$((sum + value)) && break
-      done <"/proc/$pid/smaps_rollup" 2>/dev/null || true
+      done 2>/dev/null <"/proc/$pid/smaps_rollup" || true
     done
     ((sum > peak)) && peak=$sum
     echo "$peak" >"$out"
@@ -391,8 +391,13 @@ run_stream() { # target round
   record "$t" ul "$r" "$(awk -v s="$speed" 'BEGIN { printf "%.0f", s / 1048576 }')"
   touch "$pss.stop"
   wait "$sampler" || true
+  unset 'PIDS[-1]' # the sampler, ended: its pid may be reused before the cleanup runs
   record "$t" rss_stream "$r" "$(peak_rss_mib "${sut[@]}")"
-  record "$t" pss_stream "$r" "$(kib_to_mib "$pss")"
+  if [[ -r /proc/$$/smaps_rollup ]]; then
+    record "$t" pss_stream "$r" "$(kib_to_mib "$pss")"
+  else
+    log "warning: no /proc/PID/smaps_rollup (Linux < 4.14): PSS not measured"
+  fi
   log "$t streaming round $r: download $(value_of "$t" dl "$r") MiB/s, upload $(value_of "$t" ul "$r") MiB/s, peak RSS $(peak_rss_mib "${sut[@]}") MiB, peak PSS $(kib_to_mib "$pss") MiB"
 }
 

@@ -5,7 +5,8 @@
 //! about a tenth of the proxy's instructions per small request. The binary installs a sink here,
 //! and the line is written from a plain struct into the same batch as the other log lines, in the
 //! same text or JSON shape. `RUST_LOG` still decides (target `audit`, level INFO). Without a sink
-//! (the library embedded elsewhere) the line goes out as an ordinary `tracing` event.
+//! (the library embedded elsewhere) the line goes out as an ordinary `tracing` event whose message
+//! holds the fields.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -75,6 +76,8 @@ struct Sink {
 
 static SINK: OnceLock<Sink> = OnceLock::new();
 
+const MAX_KEPT_LINE_BYTES: usize = 16 * 1024;
+
 thread_local! {
     static LINE: RefCell<String> = const { RefCell::new(String::new()) };
 }
@@ -89,12 +92,26 @@ pub fn record(line: &AuditLine<'_>) {
         return;
     }
     match SINK.get() {
-        Some(sink) => LINE.with_borrow_mut(|buf| {
-            buf.clear();
-            // Writing into a String cannot fail.
-            let _ = line.write_line(sink.format, buf);
-            sink.out.write_lines(buf.as_bytes());
-        }),
+        Some(sink) => {
+            let write = |buf: &mut String| {
+                buf.clear();
+                // Writing into a String cannot fail.
+                let _ = line.write_line(sink.format, buf);
+                sink.out.write_lines(buf.as_bytes());
+            };
+            // Called from a drop, possibly while the thread is going away with its locals.
+            let reused = LINE.try_with(|buf| {
+                let mut buf = buf.borrow_mut();
+                write(&mut buf);
+                // A line with a huge path must not pin its buffer for the thread's life.
+                if buf.capacity() > MAX_KEPT_LINE_BYTES {
+                    *buf = String::new();
+                }
+            });
+            if reused.is_err() {
+                write(&mut String::new());
+            }
+        }
         None => {
             let mut fields = String::new();
             let _ = line.write_fields(LineFormat::Text, &mut fields);

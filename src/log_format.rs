@@ -221,7 +221,13 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record(|format, out| format.bare_field(out, field.name(), &value.to_string()));
+        match self.format {
+            LineFormat::Json => {
+                self.record(|format, out| format.bare_field(out, field.name(), &value.to_string()));
+            }
+            // As the stock text formatter does, including a bare `message`.
+            LineFormat::Text => self.record_debug(field, &value),
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
@@ -229,13 +235,15 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.record(|format, out| match format {
-            LineFormat::Text => write!(out, " {}={value:?}", field.name()),
-            LineFormat::Json if value.is_finite() => {
-                format.bare_field(out, field.name(), &value.to_string())
+        match self.format {
+            LineFormat::Json if !value.is_finite() => {
+                self.record(|format, out| format.bare_field(out, field.name(), "null"));
             }
-            LineFormat::Json => format.bare_field(out, field.name(), "null"),
-        });
+            LineFormat::Json => {
+                self.record(|format, out| format.bare_field(out, field.name(), &value.to_string()));
+            }
+            LineFormat::Text => self.record_debug(field, &value),
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -301,6 +309,74 @@ fn json_string(out: &mut impl fmt::Write, value: &str) -> fmt::Result {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One event through a real `tracing` subscriber with `format`; the line after its timestamp.
+    fn formatted(format: LineFormat) -> String {
+        use std::sync::{Arc, Mutex};
+        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(format)
+            .with_writer(move || WriterTo(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(
+                target: "test",
+                word = "plain",
+                spaced = "two words",
+                count = 3u64,
+                delta = -2i64,
+                ratio = 0.5f64,
+                flag = true,
+                shown = %"display",
+                "something happened"
+            );
+        });
+        let line = String::from_utf8(out.lock().expect("lock").clone()).expect("utf-8");
+        match format {
+            LineFormat::Text => line.split_once(' ').expect("timestamp").1.to_string(),
+            LineFormat::Json => line,
+        }
+    }
+
+    struct WriterTo(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriterTo {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn text_lines_print_fields_as_key_value_pairs() {
+        assert_eq!(
+            formatted(LineFormat::Text),
+            concat!(
+                " WARN test: something happened word=plain spaced=\"two words\" count=3 ",
+                "delta=-2 ratio=0.5 flag=true shown=display\n"
+            )
+        );
+    }
+
+    #[test]
+    fn json_lines_keep_field_types() {
+        let line = formatted(LineFormat::Json);
+        assert!(line.ends_with("}\n") && line.lines().count() == 1, "{line}");
+        let json: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(json["level"], "WARN");
+        assert_eq!(json["target"], "test");
+        assert_eq!(json["message"], "something happened");
+        assert_eq!(json["spaced"], "two words");
+        assert_eq!(json["count"], 3);
+        assert_eq!(json["delta"], -2);
+        assert_eq!(json["ratio"], 0.5);
+        assert_eq!(json["flag"], true);
+        assert_eq!(json["shown"], "display");
+    }
 
     #[test]
     fn json_strings_are_escaped() {

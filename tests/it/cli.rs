@@ -539,9 +539,12 @@ async fn text_audit_lines_follow_rust_log() {
         wait_ready(admin_port).await;
         let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects?api-version=7.1");
         assert_eq!(support::get(&url, &[]).await.status, 200);
-        // A body kept whole for a replay, and one too large to keep that streams through.
+        // A body kept whole for a replay, and one too large to keep that streams through. The
+        // fake reads either whole before it answers, so the count is final when the line is.
+        let upload = format!("http://127.0.0.1:{proxy_port}/_test/upload");
         for size in [11, 100 * 1024] {
-            support::request("POST", &url, &[], vec![b'x'; size]).await;
+            let reply = support::request("POST", &upload, &[], vec![b'x'; size]).await;
+            assert_eq!(reply.status, 200, "{}", reply.text());
         }
         let (_, logs) = terminate(&mut child).await;
         let audit: Vec<&str> = logs
