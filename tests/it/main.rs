@@ -9,6 +9,7 @@ mod fakes;
 
 mod access;
 mod cli;
+mod deploy;
 mod forwarding;
 mod git;
 mod harness;
