@@ -67,14 +67,10 @@ RESULTS=${RESULTS:-$ROOT/benches/results.md}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
 
-TENANT=3f1c2b7a-5d4e-4c8b-9a0f-6e2d1c3b4a59
-CLIENT=8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d
+BENCH_NAME=compare
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
 
-UPSTREAM_BIN=$ROOT/target/release/examples/bench-upstream
-PROXY_BIN=$ROOT/target/release/ado-auth-proxy
-
-log() { printf '[compare] %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 for t in $TARGETS; do
@@ -89,28 +85,13 @@ DURATION_S=${DURATION%s}
 
 # ---------------------------------------------------------------------------------------------
 # Tools
-need=()
-command -v wrk >/dev/null || need+=(wrk)
-command -v curl >/dev/null || need+=(curl)
-if has_target nginx && ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
-  need+=(nginx-light)
-fi
-if ((${#need[@]})); then
-  log "installing ${need[*]}"
-  sudo=()
-  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-  "${sudo[@]}" apt-get update
-  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y --no-install-recommends "${need[@]}"
-fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+need_tools wrk:wrk curl:curl
+has_target nginx && need_tools nginx:nginx-light
 
 # ---------------------------------------------------------------------------------------------
 # Build (the cargo lock serialises builds on this shared machine)
 if [[ $SKIP_BUILD != 1 ]]; then
-  build=(cargo build --release --example bench-upstream)
-  has_target proxy && build+=(--bin ado-auth-proxy)
-  log "building: ${build[*]}"
-  (cd "$ROOT" && flock /tmp/cargo.lock "${build[@]}")
+  if has_target proxy; then build_release --bin ado-auth-proxy; else build_release; fi
 fi
 if [[ $HOLD_CARGO_LOCK == 1 ]]; then
   exec 9>>/tmp/cargo.lock
@@ -123,147 +104,33 @@ busy=$(ps -eo pcpu=,comm= | awk '$1 > 20 && $2 !~ /^(ps|awk)$/ { print $2 }' | s
 if has_target proxy; then [[ -x $PROXY_BIN ]] || die "$PROXY_BIN missing"; fi
 
 # ---------------------------------------------------------------------------------------------
-# Processes and cleanup
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/ado-bench.XXXXXX")
-PIDS=()
-cleanup() {
-  local rc=$?
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
-  if [[ $KEEP_WORK == 1 || $rc -ne 0 ]]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-
-port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_http URL SECONDS PID: until URL answers 200, the process died, or time is up
-wait_http() {
-  local url=$1 secs=$2 pid=$3 i
-  for ((i = 0; i < secs * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 1
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
-    sleep 0.1
-  done
-  return 1
-}
+# Processes
+bench_init
 
 ports=("$UP_PORT")
 has_target nginx && ports+=("$NGINX_PORT")
 has_target proxy && ports+=("$PROXY_PORT" "$PROXY_ADMIN_PORT")
 for p in "${ports[@]}"; do port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"; done
 
-log "work directory: $WORK"
-"$UPSTREAM_BIN" "$UP_PORT" >"$WORK/upstream.log" 2>&1 9>&- &
-UP_PID=$!
-PIDS+=("$UP_PID")
-wait_http "http://127.0.0.1:$UP_PORT/small" 10 "$UP_PID" || die "upstream did not start: $(cat "$WORK/upstream.log")"
+start_upstream "$UP_PORT"
 curl -s --max-time 5 "http://127.0.0.1:$UP_PORT/small" >"$WORK/small.direct"
-
-# The same token the proxy will get from the fake Entra ID, for nginx's Authorization header.
-TOKEN=$(curl -s --max-time 5 -X POST -d grant_type=client_credentials \
-  "http://127.0.0.1:$UP_PORT/$TENANT/oauth2/v2.0/token" |
-  sed -n 's/.*"access_token":"\([A-Za-z0-9._-]*\)".*/\1/p')
-[[ ${#TOKEN} -gt 1000 ]] || die "no token from the upstream's token endpoint"
+TOKEN=$(upstream_token "$UP_PORT")
 
 declare -A URL
 URL[direct]="http://127.0.0.1:$UP_PORT"
 
 if has_target nginx; then
   N=$WORK/nginx
-  mkdir -p "$N"/{client_body,proxy,fastcgi,uwsgi,scgi}
-  cat >"$N/nginx.conf" <<EOF
-worker_processes $NGINX_WORKERS;
-daemon off;
-master_process on;
-pid $N/nginx.pid;
-error_log $N/error.log warn;
-worker_rlimit_nofile 65536;
-events { worker_connections 8192; }
-http {
-  access_log $N/access.log combined buffer=64k flush=100ms;
-  client_body_temp_path $N/client_body;
-  proxy_temp_path $N/proxy;
-  fastcgi_temp_path $N/fastcgi;
-  uwsgi_temp_path $N/uwsgi;
-  scgi_temp_path $N/scgi;
-  client_max_body_size 0;
-  keepalive_timeout 75s;
-  keepalive_requests 100000000;
-  upstream ado {
-    server 127.0.0.1:$UP_PORT;
-    keepalive 256;
-    keepalive_requests 100000000;
-  }
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / {
-      proxy_pass http://ado;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host 127.0.0.1:$UP_PORT;
-      proxy_set_header Authorization "Bearer $TOKEN";
-      proxy_set_header Cookie "";
-      proxy_buffering off;
-      proxy_request_buffering off;
-      # 64 KiB I/O buffers, as the upstream's chunks; nginx's 4/8 KiB defaults stream 2-3x slower.
-      proxy_buffer_size $NGINX_BUFFER;
-      proxy_buffers 8 $NGINX_BUFFER;
-      proxy_busy_buffers_size $((2 * ${NGINX_BUFFER%k}))k;
-      client_body_buffer_size $NGINX_BUFFER;
-      proxy_read_timeout 300s;
-      proxy_send_timeout 300s;
-    }
-  }
-}
-EOF
-  "$NGINX" -p "$N" -c "$N/nginx.conf" -t >"$N/test.log" 2>&1 || die "nginx config: $(cat "$N/test.log")"
-  "$NGINX" -p "$N" -c "$N/nginx.conf" >"$N/stdout.log" 2>&1 9>&- &
-  NGINX_PID=$!
-  PIDS+=("$NGINX_PID")
+  write_nginx_conf "$N" "$NGINX_PORT" "$UP_PORT" "$TOKEN" "$NGINX_WORKERS" "$NGINX_BUFFER" on
+  start_nginx "$N"
   wait_http "http://127.0.0.1:$NGINX_PORT/small" 10 "$NGINX_PID" || die "nginx did not start: $(cat "$N/error.log")"
   URL[nginx]="http://127.0.0.1:$NGINX_PORT"
 fi
 
 if has_target proxy; then
   P=$WORK/proxy
-  mkdir -p "$P"
-  cat >"$P/config.toml" <<EOF
-[listen]
-address = "127.0.0.1:$PROXY_PORT"
-
-[admin]
-address = "127.0.0.1:$PROXY_ADMIN_PORT"
-
-[upstream]
-url = "http://127.0.0.1:$UP_PORT"
-
-[identities.default]
-tenant_id = "$TENANT"
-client_id = "$CLIENT"
-authority = "http://127.0.0.1:$UP_PORT"
-
-# Sidecar mode: no client keys (loopback listener), like nginx, which authenticates no one.
-[inbound]
-mode = "open"
-allow = [{ methods = ["*"], path = "/**" }]
-EOF
-  # Builds from before client keys existed have no [inbound] section (unknown keys are errors).
-  if ! out=$(AZURE_CLIENT_SECRET=bench-not-a-secret timeout 30 "$PROXY_BIN" --config "$P/config.toml" check 2>&1 9>&-) &&
-    grep -q 'inbound' <<<"$out"; then
-    log "note: this proxy build has no [inbound] setting; running without it"
-    sed -i '/^# Sidecar mode/,$d' "$P/config.toml"
-  fi
-  AZURE_CLIENT_SECRET=bench-not-a-secret RUST_LOG=$PROXY_RUST_LOG \
-    "$PROXY_BIN" --config "$P/config.toml" run >"$P/stdout.log" 2>"$P/stderr.log" 9>&- &
-  PROXY_PID=$!
-  PIDS+=("$PROXY_PID")
+  write_proxy_conf "$P" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$UP_PORT"
+  start_proxy "$P"
   wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 30 "$PROXY_PID" ||
     die "proxy not ready: $(tail -n 20 "$P/stderr.log")"
   URL[proxy]="http://127.0.0.1:$PROXY_PORT"
@@ -287,7 +154,7 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; } # target me
 # pids of the system under test (nginx: master and its workers), on one line
 sut_pids() {
   case $1 in
-    nginx) echo "$NGINX_PID" $(pgrep -P "$NGINX_PID" || true) ;;
+    nginx) echo "$NGINX_PID" "$(pgrep -P "$NGINX_PID" | tr '\n' ' ' || true)" ;;
     proxy) echo "$PROXY_PID" ;;
     direct) echo "$UP_PID" ;;
   esac
@@ -369,7 +236,8 @@ run_small() { # target connections round
 value_of() { awk -F'\t' -v t="$1" -v m="$2" -v r="$3" '$1 == t && $2 == m && $3 == r { print $4 }' "$RES"; }
 
 run_stream() { # target round
-  local t=$1 r=$2 sut out speed size code sampler pss=$WORK/pss.$t.$r
+  local t=$1 r=$2 sut out speed size code sampler pss
+  pss=$WORK/pss.$t.$r
   read -r -a sut <<<"$(sut_pids "$t")"
   reset_peak_rss "${sut[@]}"
   rm -f "$pss" "$pss.stop"

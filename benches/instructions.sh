@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Instructions per proxied small GET, counted by callgrind, for ado-auth-proxy and for nginx doing
+# the same job. Requests/s and CPU time on this shared 2-core machine move by 20% between runs;
+# an instruction count does not (the same binary, inputs and environment give the same total),
+# so this is the yardstick for whether a change made the request path cheaper.
+#
+#   benches/instructions.sh                  # proxy and nginx, 10 s of `wrk -t1 -c8` each
+#   TARGETS=proxy DURATION=5s SKIP_BUILD=1 benches/instructions.sh
+#
+# Environment (defaults in brackets): TARGETS ["proxy nginx"], DURATION [10s], CONNECTIONS [8],
+# SKIP_BUILD=1 (use target/release as it is), KEEP_WORK=1 (keep configs, logs and callgrind files),
+# UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT [28081 28082 28083 28093].
+#
+# Each target runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation is on only
+# while wrk measures (after a warm-up), and the count is the dump's total divided by the requests
+# wrk completed. nginx runs one process (`master_process off`, one worker) so that one callgrind
+# sees all of it; the proxy runs as configured by default (one worker thread per core). Both log
+# every request, as in compare.sh. Every response must be 200: a proxy answering 503 would look
+# cheap.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BENCH_NAME=instructions
+# shellcheck source=benches/common.sh
+source "$ROOT/benches/common.sh"
+
+TARGETS=${TARGETS:-"proxy nginx"}
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-8}
+UP_PORT=${UP_PORT:-28081}
+NGINX_PORT=${NGINX_PORT:-28082}
+PROXY_PORT=${PROXY_PORT:-28083}
+PROXY_ADMIN_PORT=${PROXY_ADMIN_PORT:-28093}
+export BENCH_UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
+[[ $DURATION =~ ^[1-9][0-9]*s$ ]] || die "DURATION must be seconds, like 10s"
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
+for t in $TARGETS; do
+  case $t in nginx | proxy) ;; *) die "unknown target '$t' (proxy, nginx)" ;; esac
+done
+
+need_tools wrk:wrk curl:curl valgrind:valgrind
+[[ " $TARGETS " == *" nginx "* ]] && need_tools nginx:nginx-light
+[[ ${SKIP_BUILD:-0} == 1 ]] || build_release --bin ado-auth-proxy
+[[ -x $UPSTREAM_BIN && -x $PROXY_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
+for p in "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT"; do
+  port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"
+done
+
+bench_init
+start_upstream "$UP_PORT"
+
+# count TARGET PID URL: Ir per request of the callgrind-run PID while wrk loads URL
+count() {
+  local t=$1 pid=$2 url=$3 out requests total dump
+  timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "$url" >/dev/null || die "$t: warm-up failed"
+  callgrind_control -i on "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
+  out=$(timeout $((${DURATION%s} + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s "$url") ||
+    die "$t: wrk failed: $out"
+  callgrind_control -i off "$pid" >/dev/null 2>&1
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  ! grep -q 'Non-2xx' <<<"$out" || die "$t: answers other than 200 while measuring: $out"
+  requests=$(awk '/requests in/ { print $1 }' <<<"$out")
+  [[ ${requests:-0} -gt 0 ]] || die "$t: no requests completed: $out"
+  for _ in $(seq 100); do
+    dump=$(find "$WORK" -maxdepth 1 -name "cg.$t.*.1" | head -n 1)
+    [[ -n $dump ]] && grep -q '^totals:' "$dump" && break
+    sleep 0.1
+  done
+  total=$(awk '/^totals:/ { print $2 }' "$dump")
+  log "$t: $requests requests, $total instructions"
+  printf '%s\t%d\n' "$t" $((total / requests)) >>"$WORK/results.tsv"
+}
+
+callgrind() { # the wrapper: valgrind with instrumentation off until switched on
+  local t=$1
+  echo valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$WORK/cg.$t.%p"
+}
+
+: >"$WORK/results.tsv"
+for t in $TARGETS; do
+  read -r -a wrapper <<<"$(callgrind "$t")"
+  case $t in
+    nginx)
+      write_nginx_conf "$WORK/nginx" "$NGINX_PORT" "$UP_PORT" "$(upstream_token "$UP_PORT")" 1 64k off
+      start_nginx "$WORK/nginx" "${wrapper[@]}"
+      wait_http "http://127.0.0.1:$NGINX_PORT/small" 120 "$NGINX_PID" || die "nginx did not start: $(cat "$WORK/nginx/stdout.log")"
+      count nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small"
+      ;;
+    proxy)
+      write_proxy_conf "$WORK/proxy" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$UP_PORT"
+      start_proxy "$WORK/proxy" "${wrapper[@]}"
+      wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 120 "$PROXY_PID" ||
+        die "proxy not ready: $(tail -n 20 "$WORK/proxy/stderr.log")"
+      count proxy "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/small"
+      ;;
+  esac
+done
+
+echo "| target | instructions per small GET |"
+echo "|---|---:|"
+while IFS=$'\t' read -r t per; do echo "| $t | $per |"; done <"$WORK/results.tsv"
