@@ -53,11 +53,12 @@ start_upstream "$UP_PORT"
 count() {
   local t=$1 pid=$2 url=$3 out requests total dump
   timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "$url" >/dev/null || die "$t: warm-up failed"
-  callgrind_control -i on "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
+  # callgrind_control reaches an idle process through vgdb (ptrace); never wait on it forever.
+  timeout 60 callgrind_control -i on "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
   out=$(timeout $((${DURATION%s} + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s "$url") ||
     die "$t: wrk failed: $out"
-  callgrind_control -i off "$pid" >/dev/null 2>&1
-  callgrind_control -d "$pid" >/dev/null 2>&1
+  timeout 60 callgrind_control -i off "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
+  timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
   ! grep -q 'Non-2xx' <<<"$out" || die "$t: answers other than 200 while measuring: $out"
   requests=$(awk '/requests in/ { print $1 }' <<<"$out")
   [[ ${requests:-0} -gt 0 ]] || die "$t: no requests completed: $out"
@@ -66,7 +67,10 @@ count() {
     [[ -n $dump ]] && grep -q '^totals:' "$dump" && break
     sleep 0.1
   done
+  # callgrind_control exits 0 even when it reached no process: no dump means no measurement.
+  [[ -n $dump ]] || die "$t: callgrind wrote no dump"
   total=$(awk '/^totals:/ { print $2 }' "$dump")
+  [[ $total =~ ^[1-9][0-9]*$ ]] || die "$t: no instruction total in $dump"
   log "$t: $requests requests, $total instructions"
   printf '%s\t%d\n' "$t" $((total / requests)) >>"$WORK/results.tsv"
 }
@@ -81,7 +85,8 @@ for t in $TARGETS; do
   read -r -a wrapper <<<"$(callgrind "$t")"
   case $t in
     nginx)
-      write_nginx_conf "$WORK/nginx" "$NGINX_PORT" "$UP_PORT" "$(upstream_token "$UP_PORT")" 1 64k off
+      token=$(upstream_token "$UP_PORT")
+      write_nginx_conf "$WORK/nginx" "$NGINX_PORT" "$UP_PORT" "$token" 1 64k off
       start_nginx "$WORK/nginx" "${wrapper[@]}"
       wait_http "http://127.0.0.1:$NGINX_PORT/small" 120 "$NGINX_PID" || die "nginx did not start: $(cat "$WORK/nginx/stdout.log")"
       count nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small"

@@ -98,6 +98,7 @@ impl App {
             // Managed identity endpoints return their cached token, so asking again after Azure
             // DevOps refused it cannot help.
             let renewable = !matches!(identity.credential, config::Credential::Managed(_));
+            metrics.register_identity(&identity.name, &token::REFRESH_RESULTS);
             let cache = Arc::new(TokenCache::new(identity.name.clone(), renewable));
             let source = TokenSource::new(identity, &tls).map_err(StartError::Credential)?;
             refreshers.push(tokio::spawn(token::run_refresher(

@@ -321,6 +321,15 @@ impl Metrics {
         self.upstream_failures[index].inc();
     }
 
+    /// Creates an identity's per-identity counters at 0, so that the first refresh failure or
+    /// 429 already shows as an increase (Prometheus' `increase` cannot see a series' first value).
+    pub fn register_identity(&self, identity: &str, refresh_results: &[&str]) {
+        for result in refresh_results {
+            self.token_refreshes.with_label_values(&[identity, result]);
+        }
+        self.upstream_throttled.with_label_values(&[identity]);
+    }
+
     pub fn count_token_refresh(&self, identity: &str, result: &str) {
         self.token_refreshes
             .with_label_values(&[identity, result])

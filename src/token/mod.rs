@@ -18,7 +18,7 @@ use http::HeaderValue;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
-pub use source::{FetchError, IssuedToken, TokenSource};
+pub use source::{FetchError, IssuedToken, REFRESH_RESULTS, TokenSource};
 
 /// Renew at the latest this long before expiry, as the Azure SDKs do.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);

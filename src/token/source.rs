@@ -48,8 +48,18 @@ pub enum FetchError {
     InvalidResponse(String),
 }
 
+/// Every label a token refresh is counted under: success, then each [`FetchError::kind`].
+pub const REFRESH_RESULTS: [&str; 6] = [
+    "success",
+    "credential",
+    "transport",
+    "throttled",
+    "refused",
+    "invalid_response",
+];
+
 impl FetchError {
-    /// A short, bounded label for metrics.
+    /// A short, bounded label for metrics (one of [`REFRESH_RESULTS`]).
     pub fn kind(&self) -> &'static str {
         match self {
             FetchError::Credential(_) => "credential",
@@ -368,6 +378,26 @@ fn hint_for(code: u64) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_fetch_error_kind_is_a_refresh_result() {
+        let errors = [
+            FetchError::Credential(String::new()),
+            FetchError::Transport(String::new()),
+            FetchError::Throttled { retry_after: None },
+            FetchError::Refused {
+                status: 400,
+                error: String::new(),
+                description: String::new(),
+                hint: None,
+                permanent: false,
+            },
+            FetchError::InvalidResponse(String::new()),
+        ];
+        for error in errors {
+            assert!(REFRESH_RESULTS.contains(&error.kind()), "{}", error.kind());
+        }
+    }
 
     #[test]
     fn expires_in_is_accepted_as_number_or_digit_string() {

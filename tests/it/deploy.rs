@@ -2,7 +2,7 @@
 //! a running proxy really exports: a renamed metric would otherwise leave an empty panel or an
 //! alert that can never fire, and nobody would notice until the day it should have.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use figment::Figment;
@@ -31,8 +31,8 @@ struct RuleGroup {
 struct Rule {
     alert: String,
     expr: String,
-    labels: std::collections::BTreeMap<String, String>,
-    annotations: std::collections::BTreeMap<String, String>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
 }
 
 fn deploy_file(relative: &str) -> String {
@@ -69,7 +69,15 @@ fn dashboard_expressions() -> Vec<(String, String)> {
     let dashboard: serde_json::Value =
         serde_json::from_str(&deploy_file("grafana/ado-auth-proxy.json")).expect("valid JSON");
     let mut expressions = Vec::new();
-    for panel in dashboard["panels"].as_array().expect("panels") {
+    // A collapsed row holds its panels inside it.
+    let panels = dashboard["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|panel| {
+            std::iter::once(panel).chain(panel["panels"].as_array().into_iter().flatten())
+        });
+    for panel in panels {
         let title = panel["title"].as_str().expect("every panel has a title");
         if panel["type"] == "row" {
             continue;
@@ -96,44 +104,118 @@ fn dashboard_expressions() -> Vec<(String, String)> {
 
 /// Metric names an expression reads (`ado_auth_proxy_*`, histogram suffixes included).
 fn metric_names(expr: &str) -> Vec<&str> {
-    let mut names = Vec::new();
-    let mut rest = expr;
-    while let Some(start) = rest.find("ado_auth_proxy_") {
-        let tail = &rest[start..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .unwrap_or(tail.len());
-        names.push(&tail[..end]);
-        rest = &tail[end..];
-    }
-    names
+    expr.match_indices("ado_auth_proxy_")
+        .map(|(start, _)| {
+            let tail = &expr[start..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            &tail[..end]
+        })
+        .collect()
 }
 
-/// Label names an expression matches on (`{name="..."}`, `!=`, `=~`, `!~`) or groups by.
-fn label_names(expr: &str) -> BTreeSet<String> {
-    let mut labels = BTreeSet::new();
-    let mut insert = |name: &str| {
-        let name = name.trim();
-        if !name.is_empty() {
-            labels.insert(name.to_string());
-        }
-    };
+/// `{name="value"}`-style matchers in an expression: label name, operator, value.
+fn matchers(expr: &str) -> Vec<(String, String, String)> {
+    let mut found = Vec::new();
     for selector in expr.split('{').skip(1) {
         for matcher in selector.split('}').next().unwrap_or("").split(',') {
-            insert(matcher.split(['=', '!']).next().unwrap_or(""));
+            let name_end = matcher.find(['=', '!']).unwrap_or(matcher.len());
+            let (name, rest) = matcher.split_at(name_end);
+            let value_start = rest.find('"').map_or(rest.len(), |i| i + 1);
+            let operator = rest[..value_start].trim_end_matches('"').trim();
+            let value = rest[value_start..].trim_end().trim_end_matches('"');
+            if !name.trim().is_empty() {
+                found.push((name.trim().into(), operator.into(), value.into()));
+            }
         }
     }
+    found
+}
+
+/// Label names listed in `by (...)` or `without (...)` clauses.
+fn grouping_labels(expr: &str) -> BTreeSet<String> {
+    let mut labels = BTreeSet::new();
     for keyword in ["by (", "by(", "without (", "without("] {
         for grouping in expr.split(keyword).skip(1) {
-            grouping
-                .split(')')
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .for_each(&mut insert);
+            for name in grouping.split(')').next().unwrap_or("").split(',') {
+                if !name.trim().is_empty() {
+                    labels.insert(name.trim().to_string());
+                }
+            }
         }
     }
     labels
+}
+
+/// What `/metrics` exports: per family, each label name with the values seen.
+struct Exported {
+    families: BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+    histograms: BTreeSet<String>,
+}
+
+impl Exported {
+    fn parse(metrics: &str) -> Exported {
+        let mut families: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+        let mut histograms = BTreeSet::new();
+        for line in metrics.lines() {
+            if let Some(declared) = line.strip_prefix("# TYPE ") {
+                let mut words = declared.split(' ');
+                let name = words.next().unwrap_or_default().to_string();
+                if words.next() == Some("histogram") {
+                    histograms.insert(name.clone());
+                }
+                families.entry(name).or_default();
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let series = line.split(' ').next().unwrap_or_default();
+            let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+            let family = Self::family_of(&histograms, name);
+            let entry = families.entry(family.to_string()).or_default();
+            for pair in labels
+                .trim_end_matches('}')
+                .split(',')
+                .filter(|p| !p.is_empty())
+            {
+                let (label, value) = pair.split_once('=').expect("label=\"value\"");
+                entry
+                    .entry(label.to_string())
+                    .or_default()
+                    .insert(value.trim_matches('"').to_string());
+            }
+        }
+        Exported {
+            families,
+            histograms,
+        }
+    }
+
+    /// `x_bucket`, `x_sum` and `x_count` belong to histogram `x`.
+    fn family_of<'a>(histograms: &BTreeSet<String>, name: &'a str) -> &'a str {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|f| histograms.contains(*f))
+            })
+            .unwrap_or(name)
+    }
+}
+
+/// The literal values a matcher names: `a` for `="a"` or `!="a"`, each of `a|b` for `=~`/`!~`.
+fn literal_values(operator: &str, value: &str) -> Vec<String> {
+    let regex = operator.ends_with('~');
+    if value.contains('$') || (regex && value.contains(['.', '*', '+', '?', '[', '('])) {
+        return Vec::new(); // a dashboard variable or a real pattern: nothing literal to check
+    }
+    if regex {
+        value.split('|').map(str::to_string).collect()
+    } else {
+        vec![value.to_string()]
+    }
 }
 
 #[tokio::test]
@@ -177,22 +259,7 @@ async fn dashboard_and_alerts_query_what_the_proxy_exports() {
     assert_eq!(anonymous.status, 401);
 
     let metrics = stack.metrics().await;
-    let families: BTreeSet<&str> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|line| line.split(' ').next())
-        .collect();
-    let histograms: BTreeSet<&str> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix("# TYPE ")?.strip_suffix(" histogram"))
-        .collect();
-    let exported_labels: BTreeSet<&str> = metrics
-        .lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| Some(line.split_once('{')?.1.split_once('}')?.0))
-        .flat_map(|labels| labels.split(','))
-        .filter_map(|pair| pair.split_once('=').map(|(name, _)| name))
-        .collect();
+    let exported = Exported::parse(&metrics);
 
     let expressions: Vec<(String, String)> = alert_expressions()
         .into_iter()
@@ -202,35 +269,82 @@ async fn dashboard_and_alerts_query_what_the_proxy_exports() {
     for (place, expr) in &expressions {
         let names = metric_names(expr);
         assert!(!names.is_empty(), "{place}: reads no proxy metric: {expr}");
-        for name in names {
-            let family = ["_bucket", "_sum", "_count"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix).filter(|f| histograms.contains(f)))
-                .unwrap_or(name);
+        let families: Vec<&str> = names
+            .iter()
+            .map(|name| Exported::family_of(&exported.histograms, name))
+            .collect();
+        for family in &families {
             assert!(
-                families.contains(family),
-                "{place}: {name} is not exported:\n{metrics}"
+                exported.families.contains_key(*family),
+                "{place}: {family} is not exported:\n{metrics}"
             );
             used.insert(family.to_string());
         }
-        for label in label_names(expr) {
-            assert!(
-                exported_labels.contains(label.as_str()) || SCRAPE_LABELS.contains(&label.as_str()),
-                "{place}: label {label} is on no exported series: {expr}"
-            );
+        // A selector's matchers belong to the metric right before its braces.
+        for (start, _) in expr.match_indices("ado_auth_proxy_") {
+            let tail = &expr[start..];
+            let name_end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            let family = Exported::family_of(&exported.histograms, &tail[..name_end]);
+            let Some(selector) = tail[name_end..].strip_prefix('{') else {
+                continue;
+            };
+            let selector = format!("{{{}}}", selector.split('}').next().unwrap_or(""));
+            for (label, operator, value) in matchers(&selector) {
+                if SCRAPE_LABELS.contains(&label.as_str()) {
+                    continue;
+                }
+                let values = exported.families[family]
+                    .get(&label)
+                    .unwrap_or_else(|| panic!("{place}: {family} has no label {label}: {expr}"));
+                for literal in literal_values(&operator, &value) {
+                    assert!(
+                        values.contains(&literal),
+                        "{place}: {family} never has {label}=\"{literal}\" (it has {values:?}): {expr}"
+                    );
+                }
+            }
+        }
+        // Grouping labels must be on every family the expression reads.
+        for label in grouping_labels(expr) {
+            if SCRAPE_LABELS.contains(&label.as_str()) {
+                continue;
+            }
+            for family in &families {
+                assert!(
+                    exported.families[*family].contains_key(&label),
+                    "{place}: {family} has no label {label} to group by: {expr}"
+                );
+            }
         }
     }
     // The dashboard shows every family the proxy exports.
-    for family in &families {
+    for family in exported.families.keys() {
         if family.starts_with("ado_auth_proxy_") {
-            assert!(used.contains(*family), "{family} is on no panel or alert");
+            assert!(used.contains(family), "{family} is on no panel or alert");
         }
     }
 }
 
+/// `increase()` cannot see a series' first value, so the counters the alerts watch are exported
+/// at 0 before their first event.
+#[tokio::test]
+async fn alerted_counters_exist_before_their_first_event() {
+    let stack = Stack::start().await;
+    for series in [
+        r#"ado_auth_proxy_upstream_throttled_total{identity="default"}"#,
+        r#"ado_auth_proxy_token_refreshes_total{identity="default",result="transport"}"#,
+        r#"ado_auth_proxy_token_refreshes_total{identity="default",result="credential"}"#,
+        r#"ado_auth_proxy_token_refreshes_total{identity="default",result="throttled"}"#,
+    ] {
+        assert_eq!(stack.metric(series).await, 0.0, "{series}");
+    }
+}
+
 #[test]
-fn expression_parsing_finds_metrics_and_labels() {
-    let expr = r#"sum by (identity, result) (increase(ado_auth_proxy_token_refreshes_total{result!="success", instance=~"$instance"}[5m])) / clamp_min(sum(rate(ado_auth_proxy_requests_total[5m])), 1)"#;
+fn expression_parsing_finds_metrics_labels_and_values() {
+    let expr = r#"sum by (identity, result) (increase(ado_auth_proxy_token_refreshes_total{result!="success", instance=~"$instance"}[5m])) / clamp_min(sum(rate(ado_auth_proxy_requests_total{kind=~"connect|timeout"}[5m])), 1)"#;
     assert_eq!(
         metric_names(expr),
         [
@@ -239,7 +353,24 @@ fn expression_parsing_finds_metrics_and_labels() {
         ]
     );
     assert_eq!(
-        label_names(expr).into_iter().collect::<Vec<_>>(),
-        ["identity", "instance", "result"]
+        grouping_labels(expr).into_iter().collect::<Vec<_>>(),
+        ["identity", "result"]
     );
+    let found = matchers(expr);
+    let triple = |l: &str, o: &str, v: &str| (l.to_string(), o.to_string(), v.to_string());
+    assert_eq!(
+        found,
+        [
+            triple("result", "!=", "success"),
+            triple("instance", "=~", "$instance"),
+            triple("kind", "=~", "connect|timeout"),
+        ]
+    );
+    assert_eq!(literal_values("!=", "success"), ["success"]);
+    assert_eq!(
+        literal_values("=~", "connect|timeout"),
+        ["connect", "timeout"]
+    );
+    assert!(literal_values("=~", "$instance").is_empty());
+    assert!(literal_values("=~", "conn.*").is_empty());
 }
