@@ -63,7 +63,7 @@ impl LineFormat {
     }
 
     pub fn u64_field(self, out: &mut impl fmt::Write, name: &str, value: u64) -> fmt::Result {
-        self.bare_field(out, name, decimal(value, &mut [0; 20]))
+        self.bare_field(out, name, itoa::Buffer::new().format(value))
     }
 
     pub fn bool_field(self, out: &mut impl fmt::Write, name: &str, value: bool) -> fmt::Result {
@@ -173,21 +173,6 @@ fn put_digits(out: &mut [u8], mut value: u64) {
         *digit = b'0' + (value % 10) as u8;
         value /= 10;
     }
-}
-
-/// `value` in decimal, without the formatting machinery.
-fn decimal(value: u64, buf: &mut [u8; 20]) -> &str {
-    let mut start = buf.len();
-    let mut rest = value;
-    loop {
-        start -= 1;
-        buf[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buf[start..]).unwrap_or("0")
 }
 
 struct Fields<'a, 'w> {
@@ -408,9 +393,13 @@ mod tests {
     }
 
     #[test]
-    fn decimals_without_the_formatting_machinery() {
+    fn numbers_are_written_in_decimal() {
         for value in [0, 7, 10, 99_999, u64::MAX] {
-            assert_eq!(decimal(value, &mut [0; 20]), value.to_string());
+            let mut out = String::new();
+            LineFormat::Text
+                .u64_field(&mut out, "n", value)
+                .expect("write");
+            assert_eq!(out, format!(" n={value}"));
         }
     }
 }
