@@ -14,7 +14,7 @@ use crate::support::{self, fixtures};
 
 const PROBE: &str = "/contoso/_apis/connectionData";
 
-/// An app registration identity pointed at the fake, with the given credential table.
+/// The path of a test fixture file, as it goes into a TOML string.
 fn fixture(name: &str) -> String {
     fixtures::path(name).display().to_string()
 }
@@ -197,8 +197,8 @@ async fn a_rotated_federated_token_file_is_read_at_the_next_refresh() {
         r#"{{ kind = "workload_identity", token_file = "{}" }}"#,
         token_file.display()
     );
-    // The fake's federated trust is only known once it runs: write the file before the first
-    // fetch by starting without waiting, then check the token it leads to.
+    // The fake's federated trust is only known once it runs: write the file when the config is
+    // written, before the proxy starts and fetches, then check the token it leads to.
     let stack = Stack::start_with(Options {
         identities: Some(Box::new(move |entra| {
             std::fs::write(&token_file, entra.federated_token()).expect("write token file");
@@ -359,7 +359,6 @@ async fn an_unknown_managed_identity_is_reported_and_not_hammered() {
         .as_u64()
         .expect("next attempt scheduled");
     assert!(next >= 50, "{readyz}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.entra.managed_identity_requests(), 1);
 }
 
