@@ -108,12 +108,16 @@ impl App {
             )));
             caches.push(cache);
         }
+        // Configuration validation guarantees every named identity exists; a cache without a
+        // refresher would only ever answer 503.
         let token_of = |identity: &str| {
             caches
                 .iter()
                 .find(|c| c.identity() == identity)
                 .cloned()
-                .unwrap_or_else(|| Arc::new(TokenCache::new(identity, true)))
+                .ok_or_else(|| {
+                    StartError::Credential(format!("identity `{identity}` is not configured"))
+                })
         };
         let mode = match &config.inbound.mode {
             InboundMode::Keys => auth::Mode::Keys {
@@ -124,18 +128,18 @@ impl App {
                         let client = auth::Client::new(
                             &c.name,
                             c.allow.clone(),
-                            token_of(&c.identity),
+                            token_of(&c.identity)?,
                             metrics.client(&c.name),
                         );
-                        (c.key_sha256, Arc::new(client))
+                        Ok((c.key_sha256, Arc::new(client)))
                     })
-                    .collect(),
+                    .collect::<Result<_, StartError>>()?,
             },
             InboundMode::Open { allow } => auth::Mode::Open {
                 client: Arc::new(auth::Client::new(
                     OPEN_CLIENT,
                     allow.clone(),
-                    token_of(DEFAULT_IDENTITY),
+                    token_of(DEFAULT_IDENTITY)?,
                     metrics.client(OPEN_CLIENT),
                 )),
                 hosts: own_host_names(

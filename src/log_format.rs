@@ -208,7 +208,9 @@ impl Visit for Fields<'_, '_> {
     fn record_i64(&mut self, field: &Field, value: i64) {
         match self.format {
             LineFormat::Json => {
-                self.record(|format, out| format.bare_field(out, field.name(), &value.to_string()));
+                self.record(|format, out| {
+                    format.bare_field(out, field.name(), itoa::Buffer::new().format(value))
+                });
             }
             // As the stock text formatter does, including a bare `message`.
             LineFormat::Text => self.record_debug(field, &value),
