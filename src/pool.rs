@@ -1,5 +1,5 @@
-//! Connections to the one upstream, per worker thread: idle HTTP/1.1 connections reused oldest
-//! first, or one shared h2 connection when TLS ALPN picks h2.
+//! Connections to the one upstream, per worker thread: idle HTTP/1.1 connections reused most
+//! recently used first, or one shared h2 connection when TLS ALPN picks h2.
 //!
 //! hyper-util's legacy client pools connections for any number of hosts; in front of a single
 //! host it spent a tenth of the proxy's instructions hashing pool keys, boxing each request's
@@ -33,7 +33,7 @@ pub enum Sender {
 
 #[derive(Default)]
 struct Idle {
-    /// Oldest checkin first; entries may still be streaming their last response's body.
+    /// Newest checkin last; entries may still be streaming their last response's body.
     http1: VecDeque<(http1::SendRequest<UploadBody>, Instant)>,
     /// The shared h2 connection and when a request last took it.
     http2: Option<(http2::SendRequest<UploadBody>, Instant)>,
@@ -114,16 +114,23 @@ impl Pool {
             }
             idle.http2 = None;
         }
-        for _ in 0..idle.http1.len() {
-            let (sender, since) = idle.http1.pop_front()?;
-            if spent(&sender, since, now, self.idle_timeout) {
-                continue;
+        // Most recently used first: the rest then age out after a burst, and the connection a
+        // server is most likely closing right now is the one idle longest.
+        let mut index = idle.http1.len();
+        while index > 0 {
+            index -= 1;
+            let (sender, since) = &mut idle.http1[index];
+            if spent(sender, *since, now, self.idle_timeout) {
+                idle.http1.remove(index);
+            } else if sender.is_ready() {
+                return idle
+                    .http1
+                    .remove(index)
+                    .map(|(sender, _)| Sender::Http1(sender));
+            } else {
+                // Still streaming: its idle time starts when it finishes, not at its response head.
+                *since = now;
             }
-            if sender.is_ready() {
-                return Some(Sender::Http1(sender));
-            }
-            // Still streaming: its idle time starts when it finishes, not at its response head.
-            idle.http1.push_back((sender, now));
         }
         None
     }

@@ -407,11 +407,20 @@ async fn upstream_connections_are_reused_and_one_streaming_a_body_is_passed_over
         "the whole download"
     );
 
-    // Both connections are idle again: nothing new is opened.
+    // Both connections are idle again: nothing new is opened, and one after another the requests
+    // keep to the most recently used connection, so the other can age out.
     for _ in 0..4 {
         assert_eq!(support::get(&probe, &[]).await.status, 200);
     }
     assert_eq!(peers(&stack).len(), 2);
+    let requests = stack.devops.requests();
+    let last_four: std::collections::HashSet<_> =
+        requests.iter().rev().take(4).map(|r| r.peer).collect();
+    assert_eq!(
+        last_four.len(),
+        1,
+        "sequential requests share one connection"
+    );
 
     // Azure DevOps may close a kept-alive connection at any time (here: `Connection: close` on
     // every answer of this route): the next request never fails on it, whether the pool already
