@@ -246,6 +246,7 @@ pub enum ManagedProtocol {
 }
 
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+const IMDS_HOST: &str = "169.254.169.254";
 pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 // ---- raw, as written by the operator -------------------------------------------------------
@@ -746,6 +747,16 @@ impl Validator<'_> {
     /// An absolute `https://` URL, or `http://` to a loopback host (tests, the sandbox): a token or
     /// a client secret must never cross a network in clear text.
     fn http_url(&self, key: &str, value: &str) -> Result<Uri, ConfigError> {
+        self.http_url_allowing(key, value, None)
+    }
+
+    /// An absolute https:// URL, or http:// on a loopback host or on `plain_http_host`.
+    fn http_url_allowing(
+        &self,
+        key: &str,
+        value: &str,
+        plain_http_host: Option<&str>,
+    ) -> Result<Uri, ConfigError> {
         let uri: Uri = value
             .parse()
             .map_err(|_| self.error(key, format!("`{value}` is not a URL")))?;
@@ -754,11 +765,14 @@ impl Validator<'_> {
             .ok_or_else(|| self.error(key, format!("`{value}` is not an absolute URL")))?;
         match uri.scheme_str() {
             Some("https") => Ok(uri),
-            Some("http") if is_loopback_host(host) => Ok(uri),
+            Some("http") if is_loopback_host(host) || plain_http_host == Some(host) => Ok(uri),
             Some("http") => Err(self.error(
                 key,
                 format!(
-                    "`{value}` uses http://, which is allowed only for loopback hosts; use https://"
+                    "`{value}` uses http://, which is allowed only for loopback hosts{}; use https://",
+                    plain_http_host
+                        .map(|host| format!(" and {host}"))
+                        .unwrap_or_default()
                 ),
             )),
             _ => Err(self.error(key, format!("`{value}` must start with https://"))),
@@ -1138,25 +1152,8 @@ impl Validator<'_> {
             (None, None) => IMDS_ENDPOINT.to_string(),
         };
         let endpoint_key = format!("{key}.endpoint");
-        let uri: Uri = endpoint
-            .parse()
-            .map_err(|e| self.error(&endpoint_key, format!("`{endpoint}` is not a URL: {e}")))?;
-        let host = uri.host().unwrap_or_default();
         // IMDS speaks plain http on its link-local address only; App Service's endpoint is local.
-        let plain_http_ok = is_loopback_host(host) || host == "169.254.169.254";
-        match uri.scheme_str() {
-            Some("https") => {}
-            Some("http") if plain_http_ok => {}
-            _ => {
-                return Err(self.error(
-                    &endpoint_key,
-                    format!(
-                        "`{endpoint}` must be https://, or http:// on IMDS (169.254.169.254) or a \
-                         loopback address"
-                    ),
-                ));
-            }
-        }
+        let uri = self.http_url_allowing(&endpoint_key, &endpoint, Some(IMDS_HOST))?;
         if uri.query().is_some() {
             return Err(self.error(
                 &endpoint_key,
@@ -1523,6 +1520,10 @@ mod tests {
                 ),
                 (
                     r#"{ kind = "managed_identity", endpoint = "http://169.254.169.254/x?api-version=1" }"#,
+                    "credential.endpoint",
+                ),
+                (
+                    r#"{ kind = "managed_identity", endpoint = "/metadata/identity/oauth2/token" }"#,
                     "credential.endpoint",
                 ),
                 (r#"{ kind = "password" }"#, "password"),
