@@ -807,11 +807,7 @@ impl Validator<'_> {
         let is_default = name == DEFAULT_IDENTITY;
         // The standard Azure variables describe one workload, so they fill the default identity only.
         let from_env = |var: &str| {
-            if is_default {
-                Env::var(var).filter(|v| !v.is_empty())
-            } else {
-                None
-            }
+            if is_default { non_empty_env(var) } else { None }
         };
         let key = |field: &str| format!("identities.{name}.{field}");
         let scope = raw.scope.unwrap_or_else(|| AZURE_DEVOPS_SCOPE.to_string());
@@ -1095,7 +1091,6 @@ impl Validator<'_> {
             }
             Some("github_actions") => {
                 // The runner sets these for a job with `permissions: id-token: write`.
-                let env = |var: &str| Env::var(var).filter(|v| !v.is_empty());
                 let missing = || {
                     self.error(
                         key,
@@ -1103,8 +1098,10 @@ impl Validator<'_> {
                          ACTIONS_ID_TOKEN_REQUEST_TOKEN; give the job `permissions: id-token: write`",
                     )
                 };
-                let request_url = env("ACTIONS_ID_TOKEN_REQUEST_URL").ok_or_else(missing)?;
-                let request_token = env("ACTIONS_ID_TOKEN_REQUEST_TOKEN").ok_or_else(missing)?;
+                let request_url =
+                    non_empty_env("ACTIONS_ID_TOKEN_REQUEST_URL").ok_or_else(missing)?;
+                let request_token =
+                    non_empty_env("ACTIONS_ID_TOKEN_REQUEST_TOKEN").ok_or_else(missing)?;
                 self.http_url("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url)?;
                 Ok(FederatedSource::GitHubActions {
                     request_url,
@@ -1129,12 +1126,11 @@ impl Validator<'_> {
     ) -> Result<ManagedIdentity, ConfigError> {
         // App Service and Container Apps announce their endpoint to the whole container, so it
         // serves every managed identity; everything else has IMDS.
-        let env = |var: &str| Env::var(var).filter(|v| !v.is_empty());
-        let platform_endpoint = env("IDENTITY_ENDPOINT");
+        let platform_endpoint = non_empty_env("IDENTITY_ENDPOINT");
         let from_platform = endpoint.is_none() || endpoint == platform_endpoint;
         let identity_header = identity_header.or_else(|| {
             from_platform
-                .then(|| env("IDENTITY_HEADER").map(Secret::new))
+                .then(|| non_empty_env("IDENTITY_HEADER").map(Secret::new))
                 .flatten()
         });
         let endpoint = match (endpoint, platform_endpoint) {
@@ -1183,6 +1179,11 @@ impl Validator<'_> {
             ))
         }
     }
+}
+
+/// An environment variable, unless it is unset or empty (as the Azure SDKs treat them).
+fn non_empty_env(var: &str) -> Option<String> {
+    Env::var(var).filter(|v| !v.is_empty())
 }
 
 pub fn is_loopback_host(host: &str) -> bool {
