@@ -577,3 +577,41 @@ async fn text_audit_lines_follow_rust_log() {
         }
     }
 }
+
+/// A corporate proxy in the environment (here a dead one) is not used for a plain-http token
+/// endpoint on loopback, nor by `check` for Azure DevOps: a secret must not travel through it.
+#[tokio::test]
+async fn proxy_variables_do_not_divert_loopback_token_requests() {
+    let fakes = Fakes::start().await;
+    let dead_proxy = "http://127.0.0.1:1";
+    let with_proxy = |command: &mut Command| {
+        for var in [
+            "HTTP_PROXY",
+            "HTTPS_PROXY",
+            "ALL_PROXY",
+            "http_proxy",
+            "https_proxy",
+        ] {
+            command.env(var, dead_proxy);
+        }
+    };
+    let (proxy_port, admin_port) = free_ports();
+    let config = fakes.write_config(proxy_port, admin_port);
+    let mut check = command(&["--config", config.to_str().expect("utf-8"), "check"]);
+    with_proxy(&mut check);
+    let output = check.output().await.expect("runs");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut run = command(&["--config", config.to_str().expect("utf-8"), "run"]);
+    with_proxy(&mut run);
+    let mut child = run.spawn().expect("spawn");
+    wait_ready(admin_port).await;
+    let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects");
+    assert_eq!(support::get(&url, &[]).await.status, 200);
+    terminate(&mut child).await;
+}
