@@ -1465,6 +1465,34 @@ mod tests {
     }
 
     #[test]
+    fn a_named_managed_identity_uses_the_platform_endpoint_too() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token");
+            let toml = "[identities.vm]\ncredential = { kind = \"managed_identity\" }\n\
+                        [inbound]\nmode = \"keys\"\n";
+            let message = Config::from_toml(toml)
+                .expect_err("an endpoint without its header")
+                .to_string();
+            assert!(
+                message.contains("identities.vm") && message.contains("Azure Arc"),
+                "{message}"
+            );
+
+            jail.set_env("IDENTITY_HEADER", "header-secret-value");
+            let config = Config::from_toml(toml).expect("App Service managed identity");
+            let Credential::Managed(managed) = &config.identities[0].credential else {
+                panic!("managed identity")
+            };
+            assert_eq!(managed.endpoint, "http://localhost:42356/msi/token");
+            assert!(matches!(
+                managed.protocol,
+                ManagedProtocol::AppService { .. }
+            ));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn credential_kinds_are_checked_where_they_are_written() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("cert.pem", "not checked here")?;
