@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Shared by benches/compare.sh and benches/instructions.sh (sourced, not run): tools, the work
 # directory and its cleanup, the loopback upstream, and nginx and ado-auth-proxy configured for
-# the same job. Expects ROOT and BENCH_NAME; the functions set UP_PID, NGINX_PID and PROXY_PID.
+# the same job. Expects ROOT and BENCH_NAME; the functions set UP_PID, NGINX_PID, PROXY_PID and BARE_PID.
 # Every process started here is stopped on exit; everything listens on 127.0.0.1 only.
 
 log() { printf '[%s] %s\n' "$BENCH_NAME" "$*" >&2; }
@@ -14,6 +14,7 @@ TENANT=3f1c2b7a-5d4e-4c8b-9a0f-6e2d1c3b4a59
 CLIENT=8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d
 UPSTREAM_BIN=$ROOT/target/release/examples/bench-upstream
 PROXY_BIN=$ROOT/target/release/ado-auth-proxy
+BARE_BIN=$ROOT/target/release/examples/bench-bare-proxy
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
 # need_tools COMMAND:PACKAGE...: installs from Debian the packages of the commands missing.
@@ -30,9 +31,9 @@ need_tools() {
   NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 }
 
-# build_release [--bin ado-auth-proxy]: the upstream example and, when asked, the proxy.
+# build_release [--bin ado-auth-proxy]: the upstream and bare-proxy examples and, when asked, the proxy.
 build_release() {
-  local build=(cargo build --release --example bench-upstream "$@")
+  local build=(cargo build --release --example bench-upstream --example bench-bare-proxy "$@")
   log "building: ${build[*]}"
   (cd "$ROOT" && flock /tmp/cargo.lock "${build[@]}")
 }
@@ -193,4 +194,14 @@ start_proxy() {
     "$@" "$PROXY_BIN" --config "$p/config.toml" run >"$p/stdout.log" 2>"$p/stderr.log" 9>&- &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
+}
+
+# start_bare PORT UP_PORT [WRAPPER...]: hyper server + hyper client and nothing else (see
+# benches/bare_proxy.rs), the floor of the proxy's HTTP stack.
+start_bare() {
+  local port=$1 up=$2
+  shift 2
+  "$@" "$BARE_BIN" "$port" "$up" >"$WORK/bare.log" 2>&1 9>&- &
+  BARE_PID=$!
+  PIDS+=("$BARE_PID")
 }

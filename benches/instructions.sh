@@ -7,9 +7,10 @@
 #   benches/instructions.sh                  # proxy and nginx, 10 s of `wrk -t1 -c8` each
 #   TARGETS=proxy DURATION=5s SKIP_BUILD=1 benches/instructions.sh
 #
-# Environment (defaults in brackets): TARGETS ["proxy nginx"], DURATION [10s], CONNECTIONS [8],
+# Environment (defaults in brackets): TARGETS ["proxy nginx bare"] (bare: benches/bare_proxy.rs,
+# hyper server + client alone, the floor of the proxy's stack), DURATION [10s], CONNECTIONS [8],
 # SKIP_BUILD=1 (use target/release as it is), KEEP_WORK=1 (keep configs, logs and callgrind files),
-# UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT [28081 28082 28083 28093].
+# UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT BARE_PORT [28081 28082 28083 28093 28084].
 #
 # Each target runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation is on only
 # while wrk measures (after a warm-up), and the count is the dump's total divided by the requests
@@ -24,25 +25,26 @@ BENCH_NAME=instructions
 # shellcheck source=benches/common.sh
 source "$ROOT/benches/common.sh"
 
-TARGETS=${TARGETS:-"proxy nginx"}
+TARGETS=${TARGETS:-"proxy nginx bare"}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-8}
 UP_PORT=${UP_PORT:-28081}
 NGINX_PORT=${NGINX_PORT:-28082}
 PROXY_PORT=${PROXY_PORT:-28083}
 PROXY_ADMIN_PORT=${PROXY_ADMIN_PORT:-28093}
+BARE_PORT=${BARE_PORT:-28084}
 export BENCH_UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
 [[ $DURATION =~ ^[1-9][0-9]*s$ ]] || die "DURATION must be seconds, like 10s"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
 for t in $TARGETS; do
-  case $t in nginx | proxy) ;; *) die "unknown target '$t' (proxy, nginx)" ;; esac
+  case $t in nginx | proxy | bare) ;; *) die "unknown target '$t' (proxy, nginx, bare)" ;; esac
 done
 
 need_tools wrk:wrk curl:curl valgrind:valgrind
 [[ " $TARGETS " == *" nginx "* ]] && need_tools nginx:nginx-light
 [[ ${SKIP_BUILD:-0} == 1 ]] || build_release --bin ado-auth-proxy
-[[ -x $UPSTREAM_BIN && -x $PROXY_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
-for p in "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT"; do
+[[ -x $UPSTREAM_BIN && -x $PROXY_BIN && -x $BARE_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
+for p in "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$BARE_PORT"; do
   port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"
 done
 
@@ -90,6 +92,11 @@ for t in $TARGETS; do
       start_nginx "$WORK/nginx" "${wrapper[@]}"
       wait_http "http://127.0.0.1:$NGINX_PORT/small" 120 "$NGINX_PID" || die "nginx did not start: $(cat "$WORK/nginx/stdout.log")"
       count nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small"
+      ;;
+    bare)
+      start_bare "$BARE_PORT" "$UP_PORT" "${wrapper[@]}"
+      wait_http "http://127.0.0.1:$BARE_PORT/small" 120 "$BARE_PID" || die "bare proxy did not start: $(cat "$WORK/bare.log")"
+      count bare "$BARE_PID" "http://127.0.0.1:$BARE_PORT/small"
       ;;
     proxy)
       write_proxy_conf "$WORK/proxy" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$UP_PORT"
