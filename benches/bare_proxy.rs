@@ -49,7 +49,9 @@ fn main() {
         eprintln!("bench-bare-proxy: cannot listen on port {port}: {error}");
         std::process::exit(1);
     });
-    listener.set_nonblocking(true).expect("nonblocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("nonblocking listener");
     eprintln!("bench-bare-proxy listening on 127.0.0.1:{port}, upstream {upstream}");
     let workers: Vec<_> = (0..2)
         .map(|_| {
@@ -92,7 +94,8 @@ async fn serve(
     client.set_nodelay(true)?;
     let upstream = TcpStream::connect(upstream).await?;
     upstream.set_nodelay(true)?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
     tokio::task::spawn_local(connection);
     let sender: Rc<RefCell<SendRequest<Incoming>>> = Rc::new(RefCell::new(sender));
     let service = service_fn(move |mut request: Request<Incoming>| {

@@ -89,7 +89,7 @@ impl Upstream {
         // Boxed: inline, the exchange would make every request's future several KiB larger, and
         // hyper moves that future a few times per request.
         let exchange = Box::pin(self.exchange(request));
-        match tokio::time::timeout(self.response_timeout, exchange).await {
+        match crate::timer::timeout(self.response_timeout, exchange).await {
             Err(_) => Err(UpstreamFailure::Timeout),
             Ok(result) => result,
         }

@@ -27,6 +27,7 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod target;
+pub mod timer;
 pub mod tls;
 pub mod token;
 
@@ -285,6 +286,8 @@ impl Worker {
             }
         };
         runtime.block_on(async move {
+            // The header-read and response timeouts of this worker's requests run on it.
+            tokio::spawn(timer::drive());
             let upstream = forward::Upstream::new(&self.upstream, self.tls);
             let proxy = Arc::new(proxy::Proxy::new(
                 upstream,
