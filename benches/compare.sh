@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Compare ado-auth-proxy with nginx (and with no proxy at all) in front of a loopback upstream.
 #
-#   benches/compare.sh                       # direct, nginx and proxy; 3 rounds of 10 s runs
+#   benches/compare.sh                       # direct, nginx, bare and proxy; 3 rounds of 10 s runs
 #   TARGETS="direct nginx" ROUNDS=1 DURATION=5s benches/compare.sh
 #
 # Environment (defaults in brackets):
-#   TARGETS        which targets to measure ["direct nginx proxy"]
+#   TARGETS        which targets to measure ["direct nginx bare proxy"]; bare is hyper's server and
+#                  client with nothing else (benches/bare_proxy.rs), the floor of the proxy's stack
 #   ROUNDS         rounds; the target order rotates every round, the table shows medians [3]
 #   DURATION       wrk duration of each small-request run [10s]
 #   CONNECTIONS    wrk connection counts for the small-request runs ["16 128"]
@@ -16,7 +17,8 @@
 #   PROXY_RUST_LOG RUST_LOG of the proxy; info writes the audit line per request [info]
 #   HOLD_CARGO_LOCK=0  do not hold /tmp/cargo.lock while measuring (see below) [1]
 #   BENCH_UPSTREAM_THREADS  tokio worker threads of the upstream [1]
-#   UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT  loopback ports [18081 18082 18083 18093]
+#   UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT BARE_PORT  loopback ports
+#                  [18081 18082 18083 18093 18084]
 #   RESULTS        where the markdown table goes [benches/results.md]
 #   SKIP_BUILD=1   use the binaries already in target/release
 #   KEEP_WORK=1    keep the temporary directory (configs, logs) after the run
@@ -44,12 +46,15 @@
 #   requests (the proxy does not either).
 # - concurrent builds: the machine's cargo builds go through `flock /tmp/cargo.lock`; the script
 #   holds that lock while it measures (HOLD_CARGO_LOCK=1), so no build competes for the cores.
+# - bare (benches/bare_proxy.rs): hyper's HTTP/1 server and client, two single-threaded workers,
+#   one upstream connection per client connection, only Authorization and Host replaced; no
+#   logs, metrics, checks or timeouts. What the proxy's stack costs before the proxy adds anything;
 # - CPU per request counts the system under test only (the proxy process; nginx master +
 #   workers); for "direct" it is the upstream's own cost, for reference.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGETS=${TARGETS:-"direct nginx proxy"}
+TARGETS=${TARGETS:-"direct nginx bare proxy"}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-"16 128"}
@@ -63,6 +68,7 @@ UP_PORT=${UP_PORT:-18081}
 NGINX_PORT=${NGINX_PORT:-18082}
 PROXY_PORT=${PROXY_PORT:-18083}
 PROXY_ADMIN_PORT=${PROXY_ADMIN_PORT:-18093}
+BARE_PORT=${BARE_PORT:-18084}
 RESULTS=${RESULTS:-$ROOT/benches/results.md}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
@@ -74,7 +80,7 @@ source "$ROOT/benches/common.sh"
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 for t in $TARGETS; do
-  case $t in direct | nginx | proxy) ;; *) die "unknown target '$t' (direct, nginx, proxy)" ;; esac
+  case $t in direct | nginx | bare | proxy) ;; *) die "unknown target '$t' (direct, nginx, bare, proxy)" ;; esac
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*s$ ]] || die "DURATION must be seconds, like 10s"
@@ -102,6 +108,7 @@ busy=$(ps -eo pcpu=,comm= | awk '$1 > 20 && $2 !~ /^(ps|awk)$/ { print $2 }' | s
 [[ -z $busy ]] || log "warning: busy processes may disturb the measurement: $busy"
 [[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN missing (build it or unset SKIP_BUILD)"
 if has_target proxy; then [[ -x $PROXY_BIN ]] || die "$PROXY_BIN missing"; fi
+if has_target bare; then [[ -x $BARE_BIN ]] || die "$BARE_BIN missing"; fi
 
 # ---------------------------------------------------------------------------------------------
 # Processes
@@ -110,6 +117,7 @@ bench_init
 ports=("$UP_PORT")
 has_target nginx && ports+=("$NGINX_PORT")
 has_target proxy && ports+=("$PROXY_PORT" "$PROXY_ADMIN_PORT")
+has_target bare && ports+=("$BARE_PORT")
 for p in "${ports[@]}"; do port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"; done
 
 start_upstream "$UP_PORT"
@@ -136,6 +144,12 @@ if has_target proxy; then
   URL[proxy]="http://127.0.0.1:$PROXY_PORT"
 fi
 
+if has_target bare; then
+  start_bare "$BARE_PORT" "$UP_PORT"
+  wait_http "http://127.0.0.1:$BARE_PORT/small" 10 "$BARE_PID" || die "bare proxy did not start: $(cat "$WORK/bare.log")"
+  URL[bare]="http://127.0.0.1:$BARE_PORT"
+fi
+
 # Every target must answer /small like the upstream does (a proxy answering 401 would look fast).
 for t in $TARGETS; do
   code=$(curl -s -o "$WORK/small.$t" -w '%{http_code}' --max-time 5 "${URL[$t]}/small" || true)
@@ -156,6 +170,7 @@ sut_pids() {
   case $1 in
     nginx) echo "$NGINX_PID" "$(pgrep -P "$NGINX_PID" | tr '\n' ' ' || true)" ;;
     proxy) echo "$PROXY_PID" ;;
+    bare) echo "$BARE_PID" ;;
     direct) echo "$UP_PID" ;;
   esac
 }
@@ -306,7 +321,7 @@ proxy_version=$("$PROXY_BIN" --version 2>/dev/null | head -n 1 || true)
 commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
 {
-  echo "## ado-auth-proxy vs nginx vs direct ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo "## ado-auth-proxy vs nginx vs bare hyper vs direct ($(date -u +%Y-%m-%dT%H:%MZ))"
   echo
   echo "- machine: $NCPU CPUs ($cpu_model), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r)"
   echo "- ado-auth-proxy: ${proxy_version:-$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -n 1)}, commit $commit${dirty:+ + local changes}, $(rustc --version 2>/dev/null || echo rustc ?), release profile"
