@@ -41,23 +41,23 @@ pub struct AuditLine<'a> {
 impl AuditLine<'_> {
     /// The fields in order; absent ones are left out of the line, as `tracing` leaves out `None`.
     fn write_fields(&self, format: LineFormat, out: &mut impl fmt::Write) -> fmt::Result {
-        format.str_field(out, "request_id", self.request_id)?;
-        format.str_field(out, "client", self.client)?;
+        format.str_field(out, crate::key!("request_id"), self.request_id)?;
+        format.str_field(out, crate::key!("client"), self.client)?;
         if let Some(rule) = self.rule {
-            format.str_field(out, "rule", rule)?;
+            format.str_field(out, crate::key!("rule"), rule)?;
         }
-        format.str_field(out, "method", self.method)?;
-        format.str_field(out, "path", self.path)?;
-        format.u64_field(out, "status", u64::from(self.status))?;
-        format.u64_field(out, "request_bytes", self.request_bytes)?;
-        format.u64_field(out, "response_bytes", self.response_bytes)?;
-        format.u64_field(out, "duration_us", self.duration_us)?;
+        format.str_field(out, crate::key!("method"), self.method)?;
+        format.str_field(out, crate::key!("path"), self.path)?;
+        format.u64_field(out, crate::key!("status"), u64::from(self.status))?;
+        format.u64_field(out, crate::key!("request_bytes"), self.request_bytes)?;
+        format.u64_field(out, crate::key!("response_bytes"), self.response_bytes)?;
+        format.u64_field(out, crate::key!("duration_us"), self.duration_us)?;
         if let Some(upstream_us) = self.upstream_us {
-            format.u64_field(out, "upstream_us", upstream_us)?;
+            format.u64_field(out, crate::key!("upstream_us"), upstream_us)?;
         }
-        format.str_field(out, "outcome", self.outcome)?;
+        format.str_field(out, crate::key!("outcome"), self.outcome)?;
         if self.replayed {
-            format.bool_field(out, "replayed", true)?;
+            format.bool_field(out, crate::key!("replayed"), true)?;
         }
         Ok(())
     }

@@ -17,6 +17,9 @@ use crate::token::TokenCache;
 /// Longer `Authorization` values are not keys (a key is 47 characters); refusing them bounds the
 /// work an anonymous caller can cause.
 const MAX_AUTHORIZATION_BYTES: usize = 1024;
+
+/// Parsed once: looking a header up by `&str` parses the name on every request.
+static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
 const MAX_KEY_BYTES: usize = 256;
 
 /// A configured client, with everything the request path needs about it.
@@ -94,7 +97,7 @@ impl Authenticator {
         // neither header. Refused in both modes: a browser may hold a key typed into its prompt.
         if headers.contains_key(header::ORIGIN)
             || headers
-                .get("sec-fetch-site")
+                .get(&SEC_FETCH_SITE)
                 .is_some_and(|site| site.as_bytes() != b"none")
         {
             return Err(Rejection::BrowserRequest);
