@@ -100,17 +100,27 @@ impl Upstream {
         mut request: Request<UploadBody>,
     ) -> Result<Response<Incoming>, UpstreamFailure> {
         let target = request.uri().clone();
+        // A pooled connection can close under a request (keep-alive ended, h2 GOAWAY); a request
+        // it never took goes to another one. Bounded, in case a server keeps doing that.
+        let mut retries_left = 3;
         loop {
             let (sender, reused) = self.pool.checkout().await.map_err(|error| {
                 tracing::debug!(error = %describe(&*error), "upstream connect failed");
                 UpstreamFailure::Connect
             })?;
+            let via_http2 = matches!(sender, Sender::Http2(_));
             let result = match sender {
                 Sender::Http2(mut sender) => {
                     // h2 carries scheme and authority as pseudo-headers: the absolute URI.
                     *request.uri_mut() = target.clone();
                     match sender.ready().await {
                         Ok(()) => sender.try_send_request(request).await,
+                        // Closed since the checkout: the request is still ours to send elsewhere.
+                        Err(_) if reused && retries_left > 0 => {
+                            retries_left -= 1;
+                            self.pool.forget_http2();
+                            continue;
+                        }
                         Err(error) => return Err(failure(&error)),
                     }
                 }
@@ -133,8 +143,15 @@ impl Upstream {
                 Ok(response) => return Ok(response),
                 Err(mut error) => match error.take_message() {
                     // A reused connection closed before it took the request (the server ended
-                    // the keep-alive): nothing was sent, so another connection may carry it.
-                    Some(unsent) if reused => request = unsent,
+                    // the keep-alive, or sent GOAWAY): nothing was sent, so another connection
+                    // may carry it.
+                    Some(unsent) if reused && retries_left > 0 => {
+                        retries_left -= 1;
+                        if via_http2 {
+                            self.pool.forget_http2();
+                        }
+                        request = unsent;
+                    }
                     _ => return Err(failure(error.error())),
                 },
             }

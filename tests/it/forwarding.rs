@@ -436,7 +436,11 @@ async fn upstream_connections_are_reused_and_one_streaming_a_body_is_passed_over
 /// The proxy (one worker: one connection pool) in front of a TLS upstream offering `alpn`,
 /// trusted through `upstream.ca_file`.
 async fn tls_stack(alpn: &[&[u8]]) -> (TlsUpstream, Stack) {
-    let upstream = TlsUpstream::start(alpn).await;
+    tls_stack_with(alpn, false).await
+}
+
+async fn tls_stack_with(alpn: &[&[u8]], one_request_per_connection: bool) -> (TlsUpstream, Stack) {
+    let upstream = TlsUpstream::start_with(alpn, one_request_per_connection).await;
     let stack = Stack::start_with(Options {
         upstream_url: Some(upstream.url()),
         upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
@@ -495,6 +499,40 @@ async fn a_tls_upstream_is_reached_over_h2_when_alpn_offers_it_and_http1_otherwi
         connections.len(),
         1,
         "ten concurrent requests, one h2 connection"
+    );
+}
+
+#[tokio::test]
+async fn an_h2_connection_the_upstream_recycles_costs_no_request() {
+    // Every upstream connection sends GOAWAY after its first answer: the pooled h2 connection
+    // is gone (or going) whenever the next request comes, and that request must still succeed.
+    let (upstream, stack) = tls_stack_with(&[b"h2"], true).await;
+    let probe = stack.url("/contoso/_apis/connectionData");
+    // Eight clients, each sending ten requests one after another: requests keep arriving
+    // while connections are being recycled.
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..10 {
+                    statuses.push(support::get(&probe, &[]).await.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    for client in clients {
+        let statuses = client.await.expect("client task");
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 80);
+    assert!(seen.iter().all(|s| s.version == http::Version::HTTP_2));
+    let connections: std::collections::HashSet<_> = seen.iter().map(|s| s.peer).collect();
+    assert!(
+        connections.len() > 1,
+        "the upstream did recycle connections"
     );
 }
 

@@ -46,6 +46,13 @@ pub struct TlsUpstream {
 impl TlsUpstream {
     /// `alpn`: the protocols offered, e.g. `[b"h2", b"http/1.1"]`.
     pub async fn start(alpn: &[&[u8]]) -> TlsUpstream {
+        Self::start_with(alpn, false).await
+    }
+
+    /// With `one_request_per_connection`, each connection is shut down gracefully once it has
+    /// answered a request (h2 GOAWAY; HTTP/1.1 `Connection: close`), as load balancers in
+    /// front of Azure DevOps recycle connections.
+    pub async fn start_with(alpn: &[&[u8]], one_request_per_connection: bool) -> TlsUpstream {
         let certificate = CertificateDer::from_pem_file(fixtures::path("upstream-cert.pem"))
             .expect("fixture cert");
         let key = PrivateKeyDer::from_pem_file(fixtures::path("upstream-key.pk8.pem"))
@@ -77,18 +84,27 @@ impl TlsUpstream {
                     let Ok(tls) = acceptor.accept(tcp).await else {
                         return;
                     };
+                    let answered = Arc::new(tokio::sync::Notify::new());
+                    let notify = answered.clone();
                     let service = service_fn(move |request: Request<Incoming>| {
-                        let recorder = recorder.clone();
+                        let (recorder, notify) = (recorder.clone(), notify.clone());
                         counter.fetch_add(1, Ordering::SeqCst);
                         async move {
-                            Ok::<_, std::convert::Infallible>(
-                                answer(&recorder, peer, request).await,
-                            )
+                            let response = answer(&recorder, peer, request).await;
+                            notify.notify_one();
+                            Ok::<_, std::convert::Infallible>(response)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let connection = builder.serve_connection(TokioIo::new(tls), service);
+                    tokio::pin!(connection);
+                    if one_request_per_connection {
+                        tokio::select! {
+                            _ = connection.as_mut() => return,
+                            _ = answered.notified() => connection.as_mut().graceful_shutdown(),
+                        }
+                    }
+                    let _ = connection.await;
                 });
             }
         });
