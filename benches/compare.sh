@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compare ado-auth-proxy with nginx (and with no proxy at all) in front of a loopback upstream.
+# Compare ado-auth-proxy with nginx, with hyper alone (bare) and with no proxy at all, in front of
+# a loopback upstream.
 #
 #   benches/compare.sh                       # direct, nginx, bare and proxy; 3 rounds of 10 s runs
 #   TARGETS="direct nginx" ROUNDS=1 DURATION=5s benches/compare.sh
@@ -35,10 +36,10 @@
 # - wrk: ONE thread. One wrk thread drives ~65k small requests/s against the bare upstream
 #   here, more than either proxy reaches, and a second thread would only take CPU from the
 #   system under test (measured here: -t2 was no faster than -t1 even against the bare upstream);
-# - both proxies batch their per-request lines in 64 KiB and flush at least every 100 ms (nginx
-#   `access_log ... buffer=64k flush=100ms`, the proxy's own log writer);
-# - both proxies log one access/audit line per request to a file (nginx `access_log`, the
-#   proxy's stderr redirected), keep upstream connections alive (nginx `keepalive` pool),
+# - nginx and the proxy batch their per-request lines in 64 KiB and flush at least every 100 ms
+#   (nginx `access_log ... buffer=64k flush=100ms`, the proxy's own log writer);
+# - nginx and the proxy log one access/audit line per request to a file (nginx `access_log`,
+#   the proxy's stderr redirected), keep upstream connections alive (nginx `keepalive` pool),
 #   stream both ways (`proxy_buffering off`, `proxy_request_buffering off`, 64 KiB buffers
 #   rather than nginx's 4/8 KiB defaults, which stream 2-3x slower here), replace
 #   Authorization with a bearer token of the same ~1400 characters and rewrite Host;
@@ -48,9 +49,10 @@
 #   holds that lock while it measures (HOLD_CARGO_LOCK=1), so no build competes for the cores.
 # - bare (benches/bare_proxy.rs): hyper's HTTP/1 server and client, two single-threaded workers,
 #   one upstream connection per client connection, only Authorization and Host replaced; no
-#   logs, metrics, checks or timeouts. What the proxy's stack costs before the proxy adds anything;
-# - CPU per request counts the system under test only (the proxy process; nginx master +
-#   workers); for "direct" it is the upstream's own cost, for reference.
+#   logs, metrics, checks or timeouts. What the proxy's stack costs before the proxy adds anything
+#   (it also does less than nginx here: no access log);
+# - CPU per request counts the system under test only (the proxy or bare process; nginx master
+#   + workers); for "direct" it is the upstream's own cost, for reference.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Instructions per proxied small GET, counted by callgrind, for ado-auth-proxy and for nginx doing
-# the same job. Requests/s and CPU time on this shared 2-core machine move by 20% between runs;
+# Instructions per proxied small GET, counted by callgrind, for ado-auth-proxy, for nginx doing
+# the same job, and for hyper's server and client alone (bare). Requests/s and CPU time on this shared 2-core machine move by 20% between runs;
 # an instruction count does not (the same binary, inputs and environment give the same total),
 # so this is the yardstick for whether a change made the request path cheaper.
 #
-#   benches/instructions.sh                  # proxy and nginx, 10 s of `wrk -t1 -c8` each
+#   benches/instructions.sh                  # proxy, nginx and bare, 10 s of `wrk -t1 -c8` each
 #   TARGETS=proxy DURATION=5s SKIP_BUILD=1 benches/instructions.sh
 #
 # Environment (defaults in brackets): TARGETS ["proxy nginx bare"] (bare: benches/bare_proxy.rs,
@@ -15,9 +15,9 @@
 # Each target runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation is on only
 # while wrk measures (after a warm-up), and the count is the dump's total divided by the requests
 # wrk completed. nginx runs one process (`master_process off`, one worker) so that one callgrind
-# sees all of it; the proxy runs as configured by default (one worker thread per core). Both log
-# every request, as in compare.sh. Every response must be 200: a proxy answering 503 would look
-# cheap.
+# sees all of it; the proxy runs as configured by default (one worker thread per core). nginx and
+# the proxy log every request, as in compare.sh (bare logs nothing). Every response must be 200: a
+# proxy answering 503 would look cheap.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,7 +43,9 @@ done
 need_tools wrk:wrk curl:curl valgrind:valgrind
 [[ " $TARGETS " == *" nginx "* ]] && need_tools nginx:nginx-light
 [[ ${SKIP_BUILD:-0} == 1 ]] || build_release --bin ado-auth-proxy
-[[ -x $UPSTREAM_BIN && -x $PROXY_BIN && -x $BARE_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
+[[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN missing (build it or unset SKIP_BUILD)"
+[[ " $TARGETS " != *" proxy "* || -x $PROXY_BIN ]] || die "$PROXY_BIN missing (build it or unset SKIP_BUILD)"
+[[ " $TARGETS " != *" bare "* || -x $BARE_BIN ]] || die "$BARE_BIN missing (build it or unset SKIP_BUILD)"
 for p in "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$BARE_PORT"; do
   port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"
 done

@@ -85,12 +85,12 @@ impl Upstream {
     pub async fn send(
         &self,
         request: Request<UploadBody>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
+    ) -> Result<Response<Incoming>, SendError> {
         // Boxed: inline, the exchange would make every request's future several KiB larger, and
         // hyper moves that future a few times per request.
         let exchange = Box::pin(self.exchange(request));
         match crate::timer::timeout(self.response_timeout, exchange).await {
-            Err(_) => Err(UpstreamFailure::Timeout),
+            Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
         }
     }
@@ -98,30 +98,30 @@ impl Upstream {
     async fn exchange(
         &self,
         mut request: Request<UploadBody>,
-    ) -> Result<Response<Incoming>, UpstreamFailure> {
+    ) -> Result<Response<Incoming>, SendError> {
         let target = request.uri().clone();
+        let idempotent = request.method().is_idempotent();
         // A pooled connection can close under a request (keep-alive ended, h2 GOAWAY); a request
         // it never took goes to another one. Bounded, in case a server keeps doing that.
         let mut retries_left = 3;
         loop {
             let (sender, reused) = self.pool.checkout().await.map_err(|error| {
                 tracing::debug!(error = %describe(&*error), "upstream connect failed");
-                UpstreamFailure::Connect
+                SendError::from(UpstreamFailure::Connect)
             })?;
-            let via_http2 = matches!(sender, Sender::Http2(_));
             let result = match sender {
                 Sender::Http2(mut sender) => {
                     // h2 carries scheme and authority as pseudo-headers: the absolute URI.
                     *request.uri_mut() = target.clone();
                     match sender.ready().await {
                         Ok(()) => sender.try_send_request(request).await,
-                        // Closed since the checkout: the request is still ours to send elsewhere.
+                        // Closed since the checkout (the pool drops closed connections): the
+                        // request is still ours to send elsewhere.
                         Err(_) if reused && retries_left > 0 => {
                             retries_left -= 1;
-                            self.pool.forget_http2();
                             continue;
                         }
-                        Err(error) => return Err(failure(&error)),
+                        Err(error) => return Err(failure(&error, idempotent)),
                     }
                 }
                 Sender::Http1(mut sender) => {
@@ -147,22 +147,58 @@ impl Upstream {
                     // may carry it.
                     Some(unsent) if reused && retries_left > 0 => {
                         retries_left -= 1;
-                        if via_http2 {
-                            self.pool.forget_http2();
-                        }
                         request = unsent;
                     }
-                    _ => return Err(failure(error.error())),
+                    _ => return Err(failure(error.error(), idempotent)),
                 },
             }
         }
     }
 }
 
-fn failure(error: &hyper::Error) -> UpstreamFailure {
+/// Why a request got no response, and whether Azure DevOps certainly never processed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendError {
+    pub failure: UpstreamFailure,
+    /// Refused before processing (RFC 9113 §8.7), so it may be sent again: an h2 stream reset
+    /// with `REFUSED_STREAM`, or, for an idempotent method, one cut off by a graceful `GOAWAY`
+    /// (a load balancer recycling the connection).
+    pub unprocessed: bool,
+}
+
+impl From<UpstreamFailure> for SendError {
+    fn from(failure: UpstreamFailure) -> Self {
+        Self {
+            failure,
+            unprocessed: false,
+        }
+    }
+}
+
+fn failure(error: &hyper::Error, idempotent: bool) -> SendError {
     let failure = classify(error);
     tracing::debug!(error = %describe(error), kind = failure.label(), "upstream request failed");
-    failure
+    SendError {
+        failure,
+        unprocessed: unprocessed(error, idempotent),
+    }
+}
+
+/// A graceful `GOAWAY` errors the streams above its last processed one at once, but its error
+/// also ends, later, any stream the server dropped when closing; only an idempotent request may
+/// be sent again on its word.
+fn unprocessed(error: &hyper::Error, idempotent: bool) -> bool {
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            let reason = h2.reason();
+            return h2.is_remote()
+                && (reason == Some(h2::Reason::REFUSED_STREAM)
+                    || (idempotent && h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR)));
+        }
+        source = cause.source();
+    }
+    false
 }
 
 fn classify(error: &hyper::Error) -> UpstreamFailure {

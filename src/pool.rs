@@ -104,12 +104,6 @@ impl Pool {
         }
     }
 
-    /// Stops handing out the shared h2 connection (it failed under a request); the next
-    /// checkout makes a new one.
-    pub fn forget_http2(&self) {
-        lock(&self.idle).http2 = None;
-    }
-
     fn take_idle(&self) -> Option<Sender> {
         let mut idle = lock(&self.idle);
         let now = Instant::now();

@@ -28,11 +28,23 @@ const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 const KEPT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What is needed to send a request again; only requests with a kept body have one.
+#[derive(Clone)]
 struct Replay {
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Option<Bytes>,
+}
+
+impl Replay {
+    fn into_request(self) -> Request<UploadBody> {
+        let mut request = Request::new(UploadBody::Kept(self.body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = self.headers;
+        request
+    }
 }
 
 /// Azure DevOps' ways of refusing a token: 401, or (without `X-TFS-FedAuthRedirect: Suppress`
@@ -145,7 +157,7 @@ impl Proxy {
         };
 
         let mut response = self
-            .send(Request::from_parts(parts, body), exchange)
+            .send(Request::from_parts(parts, body), exchange, replay.as_ref())
             .await?;
         if token_refused(&response) {
             let status = response.status();
@@ -224,13 +236,24 @@ impl Proxy {
         Ok(UploadBody::kept(data))
     }
 
+    /// Sends the request; once more from `replay` if Azure DevOps refused it unprocessed (see
+    /// `SendError::unprocessed`), which no connection retry inside `Upstream` can do for a
+    /// request hyper already took.
     async fn send(
         &self,
         request: Request<UploadBody>,
         exchange: &mut Exchange,
+        replay: Option<&Replay>,
     ) -> Result<Response<Incoming>, Rejection> {
         let sent_at = Instant::now();
-        let result = self.upstream.send(request).await;
+        let mut result = self.upstream.send(request).await;
+        if let (Err(error), Some(replay)) = (&result, replay) {
+            if error.unprocessed {
+                tracing::debug!(request_id = %exchange.request_id, "refused unprocessed; sending it again");
+                result = self.upstream.send(replay.clone().into_request()).await;
+            }
+        }
+        let result = result.map_err(|error| error.failure);
         let elapsed = sent_at.elapsed();
         exchange.add_upstream_time(elapsed);
         self.metrics
@@ -272,16 +295,12 @@ impl Proxy {
             .renew_refused(refused, RENEWAL_WAIT)
             .await
             .ok_or(Rejection::TokenRefused { replayed: false })?;
-        let mut request = Request::new(UploadBody::Kept(replay.body));
-        *request.method_mut() = replay.method;
-        *request.uri_mut() = replay.uri;
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = replay.headers;
+        let mut request = replay.into_request();
         request
             .headers_mut()
             .insert(http::header::AUTHORIZATION, renewed);
         exchange.set_replayed();
-        let response = self.send(request, exchange).await?;
+        let response = self.send(request, exchange, None).await?;
         if token_refused(&response) {
             return Err(Rejection::TokenRefused { replayed: true });
         }

@@ -147,32 +147,34 @@ pub async fn drive() {
     let mut sleep = Box::pin(tokio::time::sleep(Duration::ZERO));
     let mut fired = Vec::new();
     std::future::poll_fn(|cx| {
-        loop {
-            let next = WHEEL.with(|wheel| {
-                let mut wheel = wheel.borrow_mut();
-                let wheel = wheel.as_mut()?;
-                let next = wheel.fire(Instant::now(), &mut fired);
-                wheel.driver_due = next;
-                if !wheel
-                    .driver
-                    .as_ref()
-                    .is_some_and(|w| w.will_wake(cx.waker()))
-                {
-                    wheel.driver = Some(cx.waker().clone());
-                }
-                next
-            });
-            for waker in fired.drain(..) {
-                waker.wake();
+        let next = WHEEL.with(|wheel| {
+            let mut wheel = wheel.borrow_mut();
+            let wheel = wheel.as_mut()?;
+            let next = wheel.fire(Instant::now(), &mut fired);
+            wheel.driver_due = next;
+            if !wheel
+                .driver
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                wheel.driver = Some(cx.waker().clone());
             }
-            let Some(due) = next else {
-                return Poll::<()>::Pending;
-            };
-            sleep.as_mut().reset(tokio::time::Instant::from_std(due));
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
+            next
+        });
+        for waker in fired.drain(..) {
+            waker.wake();
         }
+        let Some(due) = next else {
+            return Poll::<()>::Pending;
+        };
+        sleep.as_mut().reset(tokio::time::Instant::from_std(due));
+        if sleep.as_mut().poll(cx).is_ready() {
+            // Look again on the next poll rather than in a loop here: under a paused tokio
+            // clock (tests) the sleep can end before the real clock reaches `due`, and yielding
+            // lets the real clock catch up instead of spinning on this thread.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     })
     .await
 }
@@ -198,8 +200,14 @@ impl Deadline {
         }
     }
 
+    /// A duration too long to add (a configured timeout of centuries) means about thirty
+    /// years, as with tokio's timers.
     pub fn after(duration: Duration) -> Self {
-        Self::at(Instant::now() + duration)
+        let now = Instant::now();
+        Self::at(
+            now.checked_add(duration)
+                .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30)),
+        )
     }
 
     fn fall_back(&mut self, cx: &mut Context<'_>) -> Poll<()> {
@@ -343,8 +351,8 @@ mod tests {
             tokio::spawn(drive());
             tokio::task::yield_now().await;
             let start = Instant::now();
-            // The 100 ms deadline is armed after this one but due earlier: it must wake the
-            // driver, which was waiting for 1.5 s.
+            // Deadlines armed after this one but due earlier (the 50 ms one, then the 100 ms one
+            // after the 50 ms one is cancelled) must wake the driver, which was waiting for 1.5 s.
             let late = tokio::spawn(async move {
                 Deadline::after(Duration::from_millis(1500)).await;
                 Instant::now()
@@ -413,6 +421,29 @@ mod tests {
                 .expect("fired without a driver");
             assert!(start.elapsed() >= Duration::from_millis(50));
         });
+    }
+
+    #[test]
+    fn a_paused_tokio_clock_neither_hangs_nor_spins_the_driver_forever() {
+        // tokio's paused clock jumps ahead while deadlines follow the real one: the driver must
+        // yield until the real clock gets there.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .start_paused(true)
+                .build()
+                .expect("runtime");
+            runtime.block_on(async {
+                tokio::spawn(drive());
+                tokio::task::yield_now().await;
+                Deadline::after(Duration::from_millis(100)).await;
+            });
+            let _ = done_tx.send(());
+        });
+        done_rx
+            .recv_timeout(PATIENCE)
+            .expect("the deadline fired under a paused clock");
     }
 
     #[test]

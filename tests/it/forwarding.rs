@@ -4,7 +4,7 @@
 use http_body_util::BodyExt as _;
 
 use crate::harness::{OLD_PAT, Options, Stack, basic_pat, raw_exchange};
-use crate::support::tls_upstream::TlsUpstream;
+use crate::support::tls_upstream::{RefusingUpstream, TlsUpstream};
 use crate::support::{self, jwt};
 
 #[tokio::test]
@@ -533,6 +533,47 @@ async fn an_h2_connection_the_upstream_recycles_costs_no_request() {
     assert!(
         connections.len() > 1,
         "the upstream did recycle connections"
+    );
+}
+
+#[tokio::test]
+async fn a_request_the_upstream_refused_unprocessed_is_sent_again_if_its_body_was_kept() {
+    let upstream = RefusingUpstream::start().await;
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(upstream.url()),
+        upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
+        ..Options::default()
+    })
+    .await;
+    // Refused once each: a GET, a small POST (kept for replays) and a POST too large to keep.
+    let get = support::get(&stack.url("/contoso/_apis/refused-get"), &[]).await;
+    assert_eq!(get.status, 200, "{:?}", get.body);
+    let small = support::request(
+        "POST",
+        &stack.url("/contoso/_apis/refused-small"),
+        &[],
+        vec![b's'; 1000],
+    )
+    .await;
+    assert_eq!(small.status, 200, "{:?}", small.body);
+    assert_eq!(&small.body[..], b"1000", "sent again with its whole body");
+    let large = support::request(
+        "POST",
+        &stack.url("/contoso/_apis/refused-large"),
+        &[],
+        vec![b'l'; 256 * 1024],
+    )
+    .await;
+    assert_eq!(large.status, 502, "a streamed body cannot be sent again");
+    assert_eq!(upstream.refused().len(), 3);
+    let mut answered = upstream.answered();
+    answered.sort();
+    assert_eq!(
+        answered,
+        [
+            ("/contoso/_apis/refused-get".to_owned(), 0),
+            ("/contoso/_apis/refused-small".to_owned(), 1000)
+        ]
     );
 }
 

@@ -53,20 +53,7 @@ impl TlsUpstream {
     /// answered a request (h2 GOAWAY; HTTP/1.1 `Connection: close`), as load balancers in
     /// front of Azure DevOps recycle connections.
     pub async fn start_with(alpn: &[&[u8]], one_request_per_connection: bool) -> TlsUpstream {
-        let certificate = CertificateDer::from_pem_file(fixtures::path("upstream-cert.pem"))
-            .expect("fixture cert");
-        let key = PrivateKeyDer::from_pem_file(fixtures::path("upstream-key.pk8.pem"))
-            .expect("fixture key");
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![certificate], key)
-        .expect("server config");
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = acceptor(alpn);
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
@@ -134,6 +121,118 @@ impl TlsUpstream {
 }
 
 impl Drop for TlsUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// TLS with the fixture certificate, offering `alpn`.
+fn acceptor(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let certificate =
+        CertificateDer::from_pem_file(fixtures::path("upstream-cert.pem")).expect("fixture cert");
+    let key =
+        PrivateKeyDer::from_pem_file(fixtures::path("upstream-key.pk8.pem")).expect("fixture key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![certificate], key)
+    .expect("server config");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// An h2 upstream (raw `h2`, TLS) that refuses the first stream for each path with
+/// `RST_STREAM(REFUSED_STREAM)`, which RFC 9113 §8.7 defines as "not processed, safe to retry",
+/// and answers later ones `200` with the number of body bytes it read.
+pub struct RefusingUpstream {
+    addr: SocketAddr,
+    refused: Arc<Mutex<Vec<String>>>,
+    answered: Arc<Mutex<Vec<(String, usize)>>>,
+    task: JoinHandle<()>,
+}
+
+impl RefusingUpstream {
+    pub async fn start() -> RefusingUpstream {
+        let acceptor = acceptor(&[b"h2"]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let refused: Arc<Mutex<Vec<String>>> = Arc::default();
+        let answered: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+        let (refusals, answers) = (refused.clone(), answered.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, refusals, answers) =
+                    (acceptor.clone(), refusals.clone(), answers.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let Ok(mut connection) = h2::server::handshake(tls).await else {
+                        return;
+                    };
+                    // Accepting drives the connection; each stream is served on its own task.
+                    while let Some(Ok((request, mut respond))) = connection.accept().await {
+                        let path = request.uri().path().to_owned();
+                        let first = {
+                            let mut refused = refusals.lock().expect("refused lock");
+                            let first = !refused.contains(&path);
+                            if first {
+                                refused.push(path.clone());
+                            }
+                            first
+                        };
+                        if first {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        let answers = answers.clone();
+                        tokio::spawn(async move {
+                            let mut body = request.into_body();
+                            let mut length = 0;
+                            while let Some(Ok(chunk)) = body.data().await {
+                                length += chunk.len();
+                                let _ = body.flow_control().release_capacity(chunk.len());
+                            }
+                            answers.lock().expect("answered lock").push((path, length));
+                            let head = http::Response::builder()
+                                .status(StatusCode::OK)
+                                .body(())
+                                .expect("response head");
+                            if let Ok(mut send) = respond.send_response(head, false) {
+                                let _ = send.send_data(length.to_string().into(), true);
+                            }
+                        });
+                    }
+                });
+            }
+        });
+        RefusingUpstream {
+            addr,
+            refused,
+            answered,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.addr.port())
+    }
+
+    /// Paths whose first stream was refused.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().expect("refused lock").clone()
+    }
+
+    /// Paths answered, with the body bytes read.
+    pub fn answered(&self) -> Vec<(String, usize)> {
+        self.answered.lock().expect("answered lock").clone()
+    }
+}
+
+impl Drop for RefusingUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
