@@ -99,7 +99,6 @@ impl Upstream {
         &self,
         mut request: Request<UploadBody>,
     ) -> Result<Response<Incoming>, SendError> {
-        let target = request.uri().clone();
         let idempotent = request.method().is_idempotent();
         // A pooled connection can close under a request (keep-alive ended, h2 GOAWAY); a request
         // it never took goes to another one. Bounded, in case a server keeps doing that.
@@ -112,7 +111,9 @@ impl Upstream {
             let result = match sender {
                 Sender::Http2(mut sender) => {
                     // h2 carries scheme and authority as pseudo-headers: the absolute URI.
-                    *request.uri_mut() = target.clone();
+                    *request.uri_mut() = self
+                        .target(Some(&origin_form(request.uri())))
+                        .map_err(|_| SendError::from(UpstreamFailure::Protocol))?;
                     match sender.ready().await {
                         Ok(()) => sender.try_send_request(request).await,
                         // Closed since the checkout (the pool drops closed connections): the
@@ -125,13 +126,12 @@ impl Upstream {
                     }
                 }
                 Sender::Http1(mut sender) => {
-                    // HTTP/1.1 to an origin server: origin-form, the path and query only.
-                    *request.uri_mut() = Uri::from(
-                        target
-                            .path_and_query()
-                            .cloned()
-                            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-                    );
+                    // HTTP/1.1 to an origin server: origin-form, the path and query only. The
+                    // target arrives so (see `target::check`) unless an h2 attempt before this
+                    // one made it absolute; only configuration ever names the host.
+                    if request.uri().authority().is_some() {
+                        *request.uri_mut() = Uri::from(origin_form(request.uri()));
+                    }
                     let response = sender.try_send_request(request).await;
                     if response.is_ok() {
                         self.pool.checkin(sender);
@@ -154,6 +154,12 @@ impl Upstream {
             }
         }
     }
+}
+
+fn origin_form(uri: &Uri) -> PathAndQuery {
+    uri.path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"))
 }
 
 /// Why a request got no response, and whether Azure DevOps certainly never processed it.

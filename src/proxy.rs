@@ -140,10 +140,8 @@ impl Proxy {
             self.upstream.host_header(),
             bearer.clone(),
         );
-        parts.uri = self
-            .upstream
-            .target(parts.uri.path_and_query())
-            .map_err(|_| Rejection::BadRequest("The request target cannot be forwarded"))?;
+        // `parts.uri` stays the origin-form target `target::check` admitted (path and query
+        // only); `Upstream` puts it on the configured host.
         // The pool picks HTTP/1.1 or h2 by ALPN; an h2 client must not force h2 upstream.
         parts.version = Version::HTTP_11;
         let replay = match &body {
