@@ -15,6 +15,7 @@ pub mod auth;
 pub mod body;
 pub mod check;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod forward;
 pub mod headers;

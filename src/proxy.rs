@@ -140,8 +140,9 @@ impl Proxy {
             self.upstream.host_header(),
             bearer.clone(),
         );
-        // `parts.uri` stays the origin-form target `target::check` admitted (path and query
-        // only); `Upstream` puts it on the configured host.
+        // `parts.uri` stays the target `target::check` admitted: origin-form (path and query)
+        // from the HTTP/1 listener. `Upstream` sends only its path and query, on the
+        // configured host.
         // The pool picks HTTP/1.1 or h2 by ALPN; an h2 client must not force h2 upstream.
         parts.version = Version::HTTP_11;
         let replay = match &body {

@@ -16,7 +16,6 @@ use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
@@ -147,7 +146,7 @@ pub async fn serve<H: Handler>(
 
 struct ConnectionServer {
     builder: http1::Builder,
-    graceful: GracefulShutdown,
+    drain: crate::drain::Drain,
 }
 
 impl ConnectionServer {
@@ -164,7 +163,7 @@ impl ConnectionServer {
             .keep_alive(true);
         Self {
             builder,
-            graceful: GracefulShutdown::new(),
+            drain: crate::drain::Drain::new(),
         }
     }
 
@@ -174,7 +173,7 @@ impl ConnectionServer {
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = self
-            .graceful
+            .drain
             .watch(self.builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             // Errors here are client-side (resets, timeouts, malformed requests): hyper has
@@ -187,7 +186,7 @@ impl ConnectionServer {
     }
 
     async fn drain(self, grace: Duration) {
-        if tokio::time::timeout(grace, self.graceful.shutdown())
+        if tokio::time::timeout(grace, self.drain.drain())
             .await
             .is_err()
         {
