@@ -112,7 +112,7 @@ impl Upstream {
                 Sender::Http2(mut sender) => {
                     // h2 carries scheme and authority as pseudo-headers: the absolute URI.
                     *request.uri_mut() = self
-                        .target(Some(&origin_form(request.uri())))
+                        .target(request.uri().path_and_query())
                         .map_err(|_| SendError::from(UpstreamFailure::Protocol))?;
                     match sender.ready().await {
                         Ok(()) => sender.try_send_request(request).await,

@@ -224,7 +224,7 @@ impl Proxy {
             ));
         }
         // Boxed for the same reason as the replay: most requests have no body to read.
-        let data = Box::pin(tokio::time::timeout(KEPT_BODY_TIMEOUT, body.collect()))
+        let data = Box::pin(crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect()))
             .await
             .map_err(|_| Rejection::BodyTimeout)?
             .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?

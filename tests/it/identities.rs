@@ -359,6 +359,8 @@ async fn an_unknown_managed_identity_is_reported_and_not_hammered() {
         .as_u64()
         .expect("next attempt scheduled");
     assert!(next >= 50, "{readyz}");
+    // Longer than the 1 s first back-off: a refresher retrying too soon would have asked again.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(stack.entra.managed_identity_requests(), 1);
 }
 
