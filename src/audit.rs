@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use tracing::Level;
 
-use crate::log_format::LineFormat;
+use crate::log_format::{LineFormat, key};
 use crate::log_writer::BatchedStderr;
 
 pub const TARGET: &str = "audit";
@@ -41,23 +41,23 @@ pub struct AuditLine<'a> {
 impl AuditLine<'_> {
     /// The fields in order; absent ones are left out of the line, as `tracing` leaves out `None`.
     fn write_fields(&self, format: LineFormat, out: &mut impl fmt::Write) -> fmt::Result {
-        format.str_field(out, crate::key!("request_id"), self.request_id)?;
-        format.str_field(out, crate::key!("client"), self.client)?;
+        format.str_field(out, key!("request_id"), self.request_id)?;
+        format.str_field(out, key!("client"), self.client)?;
         if let Some(rule) = self.rule {
-            format.str_field(out, crate::key!("rule"), rule)?;
+            format.str_field(out, key!("rule"), rule)?;
         }
-        format.str_field(out, crate::key!("method"), self.method)?;
-        format.str_field(out, crate::key!("path"), self.path)?;
-        format.u64_field(out, crate::key!("status"), u64::from(self.status))?;
-        format.u64_field(out, crate::key!("request_bytes"), self.request_bytes)?;
-        format.u64_field(out, crate::key!("response_bytes"), self.response_bytes)?;
-        format.u64_field(out, crate::key!("duration_us"), self.duration_us)?;
+        format.str_field(out, key!("method"), self.method)?;
+        format.str_field(out, key!("path"), self.path)?;
+        format.u64_field(out, key!("status"), u64::from(self.status))?;
+        format.u64_field(out, key!("request_bytes"), self.request_bytes)?;
+        format.u64_field(out, key!("response_bytes"), self.response_bytes)?;
+        format.u64_field(out, key!("duration_us"), self.duration_us)?;
         if let Some(upstream_us) = self.upstream_us {
-            format.u64_field(out, crate::key!("upstream_us"), upstream_us)?;
+            format.u64_field(out, key!("upstream_us"), upstream_us)?;
         }
-        format.str_field(out, crate::key!("outcome"), self.outcome)?;
+        format.str_field(out, key!("outcome"), self.outcome)?;
         if self.replayed {
-            format.bool_field(out, crate::key!("replayed"), true)?;
+            format.bool_field(out, key!("replayed"), true)?;
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 
 /// A field name known in advance, spelled out for both formats (` name=` and `,"name":`) so a
-/// field costs one append before its value instead of three. Made by [`key!`](crate::key).
+/// field costs one append before its value instead of three. Made by `key!`.
 #[derive(Clone, Copy, Debug)]
 pub struct Key {
     text: &'static str,
@@ -30,12 +30,12 @@ impl Key {
 }
 
 /// A [`Key`] for a field name made of letters, digits and `_` (nothing to escape in JSON).
-#[macro_export]
 macro_rules! key {
     ($name:literal) => {
         $crate::log_format::Key::new(concat!(" ", $name, "="), concat!(",\"", $name, "\":"))
     };
 }
+pub(crate) use key;
 
 /// What precedes a field's value: a [`Key`], or a name only known when the line is written.
 pub trait FieldName: Copy {
@@ -285,7 +285,10 @@ impl Visit for Fields<'_, '_> {
                 self.record(|format, out| format.bare_field(out, field.name(), "null"));
             }
             LineFormat::Json => {
-                self.record(|format, out| format.bare_field(out, field.name(), &value.to_string()));
+                self.record(|format, out| {
+                    field.name().write(format, out)?;
+                    write!(out, "{value}")
+                });
             }
             LineFormat::Text => self.record_debug(field, &value),
         }

@@ -29,9 +29,7 @@ impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Batch> {
         self.batch.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-impl Shared {
     fn append(&self, bytes: &[u8]) {
         let mut batch = self.lock();
         if batch.closed {
