@@ -394,9 +394,20 @@ mod tests {
             },
             FetchError::InvalidResponse(String::new()),
         ];
-        for error in errors {
+        for error in &errors {
+            // No `_` arm: a new variant does not compile until it is added to `errors` above.
+            match error {
+                FetchError::Credential(_)
+                | FetchError::Transport(_)
+                | FetchError::Throttled { .. }
+                | FetchError::Refused { .. }
+                | FetchError::InvalidResponse(_) => {}
+            }
             assert!(REFRESH_RESULTS.contains(&error.kind()), "{}", error.kind());
         }
+        // Success plus one label per kind, each pre-registered at start-up.
+        assert_eq!(REFRESH_RESULTS.len(), errors.len() + 1);
+        assert_eq!(REFRESH_RESULTS[0], "success");
     }
 
     #[test]

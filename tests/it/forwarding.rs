@@ -441,14 +441,18 @@ async fn tls_stack(alpn: &[&[u8]]) -> (TlsUpstream, Stack) {
 
 async fn tls_stack_with(alpn: &[&[u8]], one_request_per_connection: bool) -> (TlsUpstream, Stack) {
     let upstream = TlsUpstream::start_with(alpn, one_request_per_connection).await;
-    let stack = Stack::start_with(Options {
-        upstream_url: Some(upstream.url()),
+    let stack = Stack::start_with(tls_options(upstream.url())).await;
+    (upstream, stack)
+}
+
+/// One worker (one connection pool) in front of the TLS upstream at `url`, trusting the test CA.
+fn tls_options(url: String) -> Options {
+    Options {
+        upstream_url: Some(url),
         upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
         listen_toml: "workers = 1\n".into(),
         ..Options::default()
-    })
-    .await;
-    (upstream, stack)
+    }
 }
 
 #[tokio::test]
@@ -539,12 +543,7 @@ async fn an_h2_connection_the_upstream_recycles_costs_no_request() {
 #[tokio::test]
 async fn a_request_the_upstream_refused_unprocessed_is_sent_again_if_its_body_was_kept() {
     let upstream = RefusingUpstream::start().await;
-    let stack = Stack::start_with(Options {
-        upstream_url: Some(upstream.url()),
-        upstream_toml: format!("ca_file = \"{}\"\n", TlsUpstream::ca_file().display()),
-        ..Options::default()
-    })
-    .await;
+    let stack = Stack::start_with(tls_options(upstream.url())).await;
     // Refused once each: a GET, a small POST (kept for replays) and a POST too large to keep.
     let get = support::get(&stack.url("/contoso/_apis/refused-get"), &[]).await;
     assert_eq!(get.status, 200, "{:?}", get.body);
