@@ -577,6 +577,29 @@ async fn a_request_the_upstream_refused_unprocessed_is_sent_again_if_its_body_wa
 }
 
 #[tokio::test]
+async fn a_request_the_upstream_may_have_processed_is_not_sent_again() {
+    let upstream = RefusingUpstream::start().await;
+    let stack = Stack::start_with(tls_options(upstream.url())).await;
+    // The upstream closes the connection with GOAWAY(NO_ERROR) naming the stream as processed:
+    // the proxy cannot tell whether it was, so neither a GET nor a POST goes out again.
+    let get = support::get(&stack.url("/contoso/_apis/goaway-get"), &[]).await;
+    assert_eq!(get.status, 502, "{:?}", get.body);
+    let post = support::request(
+        "POST",
+        &stack.url("/contoso/_apis/goaway-post"),
+        &[],
+        vec![b'p'; 100],
+    )
+    .await;
+    assert_eq!(post.status, 502, "{:?}", post.body);
+    assert_eq!(upstream.refused().len(), 2);
+    assert!(upstream.answered().is_empty(), "{:?}", upstream.answered());
+    // The pool does not keep the closed connection: the next request is answered.
+    let after = support::get(&stack.url("/contoso/_apis/goaway-get"), &[]).await;
+    assert_eq!(after.status, 200, "{:?}", after.body);
+}
+
+#[tokio::test]
 async fn an_upstream_connection_idle_past_pool_idle_timeout_is_closed() {
     let stack = Stack::start_with(Options {
         listen_toml: "workers = 1\n".into(),

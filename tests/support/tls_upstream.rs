@@ -146,7 +146,9 @@ fn acceptor(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
 
 /// An h2 upstream (raw `h2`, TLS) that refuses the first stream for each path with
 /// `RST_STREAM(REFUSED_STREAM)`, which RFC 9113 §8.7 defines as "not processed, safe to retry",
-/// and answers later ones `200` with the number of body bytes it read.
+/// and answers later ones `200` with the number of body bytes it read. A path containing
+/// `goaway` is refused instead by closing its connection with `GOAWAY(NO_ERROR)` naming that
+/// stream as processed: the client cannot know whether it was.
 pub struct RefusingUpstream {
     addr: SocketAddr,
     refused: Arc<Mutex<Vec<String>>>,
@@ -173,6 +175,8 @@ impl RefusingUpstream {
                     let Ok(mut connection) = h2::server::handshake(tls).await else {
                         return;
                     };
+                    // Held, unanswered, until the connection ends (dropping one resets its stream).
+                    let mut cut_off = Vec::new();
                     // Accepting drives the connection; each stream is served on its own task.
                     while let Some(Ok((request, mut respond))) = connection.accept().await {
                         let path = request.uri().path().to_owned();
@@ -184,6 +188,11 @@ impl RefusingUpstream {
                             }
                             first
                         };
+                        if first && path.contains("goaway") {
+                            connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                            cut_off.push(respond);
+                            continue;
+                        }
                         if first {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             continue;
