@@ -615,3 +615,37 @@ async fn proxy_variables_do_not_divert_loopback_token_requests() {
     assert_eq!(support::get(&url, &[]).await.status, 200);
     terminate(&mut child).await;
 }
+
+#[tokio::test]
+async fn managed_identity_from_app_service_variables_works_and_its_header_stays_out_of_logs() {
+    let fakes = Fakes::start().await;
+    let (proxy_port, admin_port) = free_ports();
+    let config = fakes.dir.path().join("managed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:{proxy_port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+             [upstream]\nurl = \"{upstream}\"\n\
+             [identities.default]\ncredential = {{ kind = \"managed_identity\" }}\n{access}",
+            upstream = fakes.devops.url(),
+            access = crate::harness::OPEN_ALLOW_ALL,
+        ),
+    )
+    .expect("write config");
+    let header = fakes.entra.identity_header().to_owned();
+    let mut run = command(&["--config", config.to_str().expect("utf-8"), "run"]);
+    run.env("IDENTITY_ENDPOINT", fakes.entra.app_service_url())
+        .env("IDENTITY_HEADER", &header)
+        .env("RUST_LOG", "debug");
+    let mut child = run.spawn().expect("spawn");
+    wait_ready(admin_port).await;
+    let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects");
+    assert_eq!(support::get(&url, &[]).await.status, 200);
+    assert!(fakes.entra.managed_identity_requests() >= 1);
+    let (_, logs) = terminate(&mut child).await;
+    assert!(!logs.is_empty(), "debug logs were captured");
+    assert!(
+        !logs.contains(&header),
+        "IDENTITY_HEADER in the logs:\n{logs}"
+    );
+}
