@@ -6,6 +6,7 @@
 //! end: hyper then aborts the other side, so a truncated packfile never looks complete and a
 //! half-sent push never completes upstream.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,8 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Method, Uri};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
@@ -48,21 +49,48 @@ impl Default for RequestIds {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RequestId(u64);
 
+/// Room for the `x-request-id` values of 256 requests.
+const ID_CHUNK_BYTES: usize = 16 * 256;
+
+thread_local! {
+    static ID_CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
 impl RequestId {
-    /// Sixteen lowercase hex digits, written into `buf`: every request logs and returns its id,
-    /// so this skips the formatting machinery.
-    pub fn hex(self, buf: &mut [u8; 16]) -> &str {
+    /// Sixteen lowercase hex digits.
+    fn hex(self) -> [u8; 16] {
         const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut buf = [0; 16];
         for (i, digit) in buf.iter_mut().enumerate() {
             *digit = DIGITS[((self.0 >> (60 - 4 * i)) & 0xf) as usize];
         }
-        std::str::from_utf8(buf).unwrap_or("0000000000000000")
+        buf
+    }
+
+    /// The id as a header value, for the response, the error body and the audit line. Its bytes
+    /// are cut from a per-thread chunk: every request returns its id, and an allocation of its
+    /// own each would cost more than the rest of writing the header.
+    pub fn header_value(self) -> HeaderValue {
+        let hex = self.hex();
+        let bytes = ID_CHUNK
+            .try_with(|chunk| {
+                let mut chunk = chunk.borrow_mut();
+                if chunk.capacity() < hex.len() {
+                    *chunk = BytesMut::with_capacity(ID_CHUNK_BYTES);
+                }
+                chunk.extend_from_slice(&hex);
+                chunk.split().freeze()
+            })
+            .unwrap_or_else(|_| Bytes::copy_from_slice(&hex));
+        // Hex digits are always a valid header value.
+        HeaderValue::from_maybe_shared(bytes)
+            .unwrap_or_else(|_| HeaderValue::from_static("0000000000000000"))
     }
 }
 
 impl fmt::Display for RequestId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.hex(&mut [0; 16]))
+        write!(f, "{:016x}", self.0)
     }
 }
 
@@ -180,6 +208,8 @@ impl Outcome {
 pub struct Exchange {
     metrics: Arc<Metrics>,
     pub request_id: RequestId,
+    /// `request_id` as sent back in `x-request-id`.
+    pub request_id_value: HeaderValue,
     method: Method,
     uri: Uri,
     started: Instant,
@@ -203,6 +233,7 @@ impl Exchange {
         Self {
             metrics,
             request_id,
+            request_id_value: request_id.header_value(),
             method,
             uri,
             started: Instant::now(),
@@ -273,7 +304,7 @@ impl Drop for Exchange {
             .and_then(|(client, index)| client.allow.rule(index))
             .map(|rule| rule.description());
         audit::record(&AuditLine {
-            request_id: self.request_id.hex(&mut [0; 16]),
+            request_id: self.request_id_value.to_str().unwrap_or_default(),
             client: client.map_or(NO_CLIENT, |c| &*c.name),
             rule,
             method: self.method.as_str(),
@@ -404,8 +435,9 @@ mod tests {
     #[test]
     fn request_ids_are_sixteen_hex_digits() {
         for value in [0, 1, 0xdead_beef, u64::MAX] {
-            assert_eq!(RequestId(value).hex(&mut [0; 16]), format!("{value:016x}"));
-            assert_eq!(RequestId(value).to_string(), format!("{value:016x}"));
+            let id = RequestId(value);
+            assert_eq!(id.header_value(), format!("{value:016x}").as_str());
+            assert_eq!(id.to_string(), format!("{value:016x}"));
         }
     }
 }

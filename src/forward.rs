@@ -82,14 +82,15 @@ impl Upstream {
 
     /// Sends the request and waits for the response headers, up to the response timeout. The body
     /// then streams with no total deadline: a clone of a large repository takes as long as it takes.
+    ///
+    /// The request is taken from `slot` by the connection that sends it, and put back if no
+    /// connection took it. Passed by reference, it lives once in the caller's future instead of
+    /// once more in every future on the way to hyper.
     pub async fn send(
         &self,
-        request: Request<UploadBody>,
+        slot: &mut Option<Request<UploadBody>>,
     ) -> Result<Response<Incoming>, SendError> {
-        // Boxed: inline, the exchange would make every request's future several KiB larger, and
-        // hyper moves that future a few times per request.
-        let exchange = Box::pin(self.exchange(request));
-        match crate::timer::timeout(self.response_timeout, exchange).await {
+        match crate::timer::timeout(self.response_timeout, self.exchange(slot)).await {
             Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
         }
@@ -97,9 +98,14 @@ impl Upstream {
 
     async fn exchange(
         &self,
-        mut request: Request<UploadBody>,
+        slot: &mut Option<Request<UploadBody>>,
     ) -> Result<Response<Incoming>, SendError> {
-        let idempotent = request.method().is_idempotent();
+        let Some(idempotent) = slot
+            .as_ref()
+            .map(|request| request.method().is_idempotent())
+        else {
+            return Err(SendError::from(UpstreamFailure::Protocol));
+        };
         // A pooled connection can close under a request (keep-alive ended, h2 GOAWAY); a request
         // it never took goes to another one. Bounded, in case a server keeps doing that.
         let mut retries_left = 3;
@@ -110,12 +116,13 @@ impl Upstream {
             })?;
             let result = match sender {
                 Sender::Http2(mut sender) => {
-                    // h2 carries scheme and authority as pseudo-headers: the absolute URI.
-                    *request.uri_mut() = self
-                        .target(request.uri().path_and_query())
-                        .map_err(|_| SendError::from(UpstreamFailure::Protocol))?;
                     match sender.ready().await {
-                        Ok(()) => sender.try_send_request(request).await,
+                        Ok(()) => {
+                            // A statement of its own: a temporary of the `match` would be held
+                            // across the `await`, doubling the future.
+                            let request = self.absolute(slot.take())?;
+                            sender.try_send_request(request).await
+                        }
                         // Closed since the checkout (the pool drops closed connections): the
                         // request is still ours to send elsewhere.
                         Err(_) if reused && retries_left > 0 => {
@@ -126,13 +133,10 @@ impl Upstream {
                     }
                 }
                 Sender::Http1(mut sender) => {
-                    // HTTP/1.1 to an origin server: origin-form, the path and query only. The
-                    // target arrives so (see `target::check`) unless an h2 attempt before this
-                    // one made it absolute; only configuration ever names the host.
-                    if request.uri().authority().is_some() {
-                        *request.uri_mut() = Uri::from(origin_form(request.uri()));
-                    }
-                    let response = sender.try_send_request(request).await;
+                    let Some(request) = slot.take() else {
+                        return Err(SendError::from(UpstreamFailure::Protocol));
+                    };
+                    let response = sender.try_send_request(origin_form(request)).await;
                     if response.is_ok() {
                         self.pool.checkin(sender);
                     }
@@ -147,19 +151,40 @@ impl Upstream {
                     // may carry it.
                     Some(unsent) if reused && retries_left > 0 => {
                         retries_left -= 1;
-                        request = unsent;
+                        *slot = Some(unsent);
                     }
                     _ => return Err(failure(error.error(), idempotent)),
                 },
             }
         }
     }
+
+    /// h2 carries scheme and authority as pseudo-headers: the absolute URI, from configuration.
+    fn absolute(
+        &self,
+        request: Option<Request<UploadBody>>,
+    ) -> Result<Request<UploadBody>, SendError> {
+        let mut request = request.ok_or(SendError::from(UpstreamFailure::Protocol))?;
+        *request.uri_mut() = self
+            .target(request.uri().path_and_query())
+            .map_err(|_| SendError::from(UpstreamFailure::Protocol))?;
+        Ok(request)
+    }
 }
 
-fn origin_form(uri: &Uri) -> PathAndQuery {
-    uri.path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"))
+/// HTTP/1.1 to an origin server: origin-form, the path and query only. The target arrives so
+/// (see `target::check`) unless an h2 attempt before this one made it absolute; only
+/// configuration ever names the host.
+fn origin_form(mut request: Request<UploadBody>) -> Request<UploadBody> {
+    if request.uri().authority().is_some() {
+        let path_and_query = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(path_and_query);
+    }
+    request
 }
 
 /// Why a request got no response, and whether Azure DevOps certainly never processed it.

@@ -296,10 +296,7 @@ impl Worker {
                 self.metrics,
                 self.request_ids,
             ));
-            let handler = move |request| {
-                let proxy = proxy.clone();
-                async move { proxy.handle(request).await }
-            };
+            let handler = move |request| proxy.clone().handle(request);
             server::serve_dealt(self.connections, self.options, handler).await;
         });
         // Dropping the runtime cancels whatever outlived the grace period.

@@ -75,9 +75,15 @@ impl Pool {
     /// A connection ready for a request, and whether it served one before (only then may a
     /// request it refused to start be retried elsewhere).
     pub async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
-        if let Some(sender) = self.take_idle() {
-            return Ok((sender, true));
+        match self.take_idle() {
+            Some(sender) => Ok((sender, true)),
+            // Boxed: connecting (TCP, TLS, handshake) is rare and its future large, and every
+            // in-flight request's future would otherwise carry room for it.
+            None => Box::pin(self.checkout_new()).await,
         }
+    }
+
+    async fn checkout_new(&self) -> Result<(Sender, bool), ConnectError> {
         if self.expect_h2.load(Ordering::Relaxed) {
             let _one_at_a_time = self.connecting.lock().await;
             // Whoever held the lock may have just made the connection this request needs.
@@ -85,16 +91,10 @@ impl Pool {
                 return Ok((sender, true));
             }
             if self.expect_h2.load(Ordering::Relaxed) {
-                return Ok((self.connect_boxed().await?, false));
+                return Ok((self.connect().await?, false));
             }
         }
-        Ok((self.connect_boxed().await?, false))
-    }
-
-    /// Boxed: connecting (TCP, TLS, handshake) is rare and its future large, and every in-flight
-    /// request's future would otherwise carry room for it.
-    async fn connect_boxed(&self) -> Result<Sender, ConnectError> {
-        Box::pin(self.connect()).await
+        Ok((self.connect().await?, false))
     }
 
     /// Returns an HTTP/1.1 connection once its response head has arrived.

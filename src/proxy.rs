@@ -3,6 +3,7 @@
 //! stream the response back. Each step either passes the request on or returns a [`Rejection`];
 //! nothing here waits on Entra ID.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,31 @@ fn token_refused(response: &Response<Incoming>) -> bool {
     }
 }
 
+/// A request admitted and rewritten for Azure DevOps.
+struct Outgoing {
+    client: Arc<Client>,
+    /// The token it carries, to tell Entra ID which one Azure DevOps refused.
+    bearer: HeaderValue,
+    /// Taken by the connection that sends it; put back if none did.
+    request: Option<Request<UploadBody>>,
+    replay: Option<Replay>,
+}
+
+/// Where a request stands before anything is awaited.
+// `Ready` is the common case: boxing it would cost every request an allocation.
+#[allow(clippy::large_enum_variant)]
+enum Start {
+    Ready(Outgoing),
+    /// A small body is to be read whole (for a replay) before the request can go.
+    ReadBody(Option<(Arc<Client>, http::request::Parts, Incoming)>),
+    Rejected(Option<Rejection>),
+}
+
+enum Upload {
+    Ready(UploadBody),
+    ReadWhole(Incoming),
+}
+
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 static RATE_LIMIT_REMAINING: http::HeaderName =
     http::HeaderName::from_static("x-ratelimit-remaining");
@@ -89,15 +115,45 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<ResponseBody> {
+    /// Everything that needs no waiting (admission, the token, header rewriting, the replay copy)
+    /// happens before the future exists, and the future holds the request once: hyper moves it
+    /// around per request, and every `async fn` taking the request by value would hold it twice.
+    pub fn handle(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         let mut exchange = Exchange::begin(
             self.metrics.clone(),
             self.request_ids.next(),
             request.method().clone(),
             request.uri().clone(),
         );
-        let request_id = exchange.request_id;
-        let mut response = match self.forward(request, &mut exchange).await {
+        let mut start = self.start(request, &mut exchange);
+        async move {
+            let result = match &mut start {
+                Start::Ready(outgoing) => self.forward(outgoing, &mut exchange).await,
+                Start::ReadBody(pending) => match pending.take() {
+                    // Boxed: most requests have no body to read first.
+                    Some((client, parts, body)) => {
+                        Box::pin(self.forward_with_body(client, parts, body, &mut exchange)).await
+                    }
+                    None => Err(Rejection::BodyTimeout),
+                },
+                Start::Rejected(rejection) => Err(rejection
+                    .take()
+                    .unwrap_or(Rejection::BadRequest("request rejected"))),
+            };
+            self.respond(result, exchange)
+        }
+    }
+
+    fn respond(
+        &self,
+        result: Result<Response<Incoming>, Rejection>,
+        exchange: Exchange,
+    ) -> Response<ResponseBody> {
+        let request_id = exchange.request_id_value.clone();
+        let mut response = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
                 response.map(|body| ResponseBody::upstream(body, exchange, status))
@@ -106,35 +162,46 @@ impl Proxy {
                 self.count_rejection(&rejection);
                 let status = rejection.status().as_u16();
                 rejection
-                    .to_response(request_id.hex(&mut [0; 16]))
+                    .to_response(request_id.to_str().unwrap_or_default())
                     .map(|body| ResponseBody::local(body, exchange, status))
             }
         };
-        if let Ok(value) = HeaderValue::from_str(request_id.hex(&mut [0; 16])) {
-            response.headers_mut().insert(REQUEST_ID.clone(), value);
-        }
+        response
+            .headers_mut()
+            .insert(REQUEST_ID.clone(), request_id);
         response
     }
 
-    async fn forward(
-        &self,
-        request: Request<Incoming>,
-        exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, Rejection> {
-        let client = self.admit(&request, exchange)?;
-        let token = &client.token;
-        let unavailable = || Rejection::TokenUnavailable {
-            retry_after: token.retry_after(),
+    /// Admits the request and, unless a small body must be read first, rewrites it for Azure
+    /// DevOps.
+    fn start(&self, request: Request<Incoming>, exchange: &mut Exchange) -> Start {
+        let client = match self.admit(&request, exchange) {
+            Ok(client) => client,
+            Err(rejection) => return Start::Rejected(Some(rejection)),
         };
-        // Taken before any body is read, and again after reading one: a slow small body must not
-        // outlive the token it would be sent with.
-        let mut bearer = token.bearer().ok_or_else(unavailable)?;
-
-        let (mut parts, body) = request.into_parts();
-        let body = self.upload(body, exchange).await?;
-        if matches!(body, UploadBody::Kept(Some(_))) {
-            bearer = token.bearer().ok_or_else(unavailable)?;
+        let (parts, body) = request.into_parts();
+        let body = match self.classify_upload(body, exchange) {
+            Upload::Ready(body) => body,
+            Upload::ReadWhole(body) => return Start::ReadBody(Some((client, parts, body))),
+        };
+        match self.outgoing(client, parts, body) {
+            Ok(outgoing) => Start::Ready(outgoing),
+            Err(rejection) => Start::Rejected(Some(rejection)),
         }
+    }
+
+    /// The current token and the request rewritten to carry it; a copy to replay it from if its
+    /// body is kept.
+    fn outgoing(
+        &self,
+        client: Arc<Client>,
+        mut parts: http::request::Parts,
+        body: UploadBody,
+    ) -> Result<Outgoing, Rejection> {
+        let token = &client.token;
+        let bearer = token.bearer().ok_or_else(|| Rejection::TokenUnavailable {
+            retry_after: token.retry_after(),
+        })?;
         headers::prepare_request(
             &mut parts.headers,
             self.upstream.host_header(),
@@ -154,18 +221,65 @@ impl Proxy {
             }),
             UploadBody::Streaming { .. } => None,
         };
+        Ok(Outgoing {
+            client,
+            bearer,
+            request: Some(Request::from_parts(parts, body)),
+            replay,
+        })
+    }
 
+    /// Reads a small body whole, then forwards the request with it.
+    async fn forward_with_body(
+        &self,
+        client: Arc<Client>,
+        parts: http::request::Parts,
+        body: Incoming,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
+        // A slow small body must not outlive the token it would be sent with: the token is
+        // checked before reading and taken after.
+        let token = &client.token;
+        if token.bearer().is_none() {
+            return Err(Rejection::TokenUnavailable {
+                retry_after: token.retry_after(),
+            });
+        }
+        let data = crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
+            .await
+            .map_err(|_| Rejection::BodyTimeout)?
+            .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?
+            .to_bytes();
+        let length = data.len() as u64;
+        exchange.add_kept_upload(length);
+        self.metrics.request_bytes.inc_by(length);
+        let mut outgoing = self.outgoing(client, parts, UploadBody::kept(data))?;
+        self.forward(&mut outgoing, exchange).await
+    }
+
+    async fn forward(
+        &self,
+        outgoing: &mut Outgoing,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
         let mut response = self
-            .send(Request::from_parts(parts, body), exchange, replay.as_ref())
+            .send(&mut outgoing.request, exchange, outgoing.replay.as_ref())
             .await?;
+        let token = &outgoing.client.token;
         if token_refused(&response) {
             let status = response.status();
             // Not read: its connection is closed rather than held while a new token comes.
             drop(response);
             // Boxed: the rare path would otherwise double the size of every request's future,
             // which hyper moves several times per request.
-            response =
-                Box::pin(self.renew_and_replay(token, &bearer, replay, status, exchange)).await?;
+            response = Box::pin(self.renew_and_replay(
+                token,
+                &outgoing.bearer,
+                outgoing.replay.take(),
+                status,
+                exchange,
+            ))
+            .await?;
         }
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Rejection::UpstreamUpgrade);
@@ -204,35 +318,22 @@ impl Proxy {
 
     /// A small body (by its declared length) is read whole so the request can be replayed;
     /// anything larger or of unknown length streams through untouched.
-    async fn upload(
-        &self,
-        body: Incoming,
-        exchange: &mut Exchange,
-    ) -> Result<UploadBody, Rejection> {
+    fn classify_upload(&self, body: Incoming, exchange: &mut Exchange) -> Upload {
         if body.is_end_stream() {
-            return Ok(UploadBody::kept(Bytes::new()));
+            return Upload::Ready(UploadBody::kept(Bytes::new()));
         }
         let keep = body
             .size_hint()
             .exact()
             .is_some_and(|length| length <= self.upstream.max_replay_body_bytes());
-        if !keep {
-            return Ok(UploadBody::streaming(
-                body,
-                exchange.track_upload(),
-                self.metrics.clone(),
-            ));
+        if keep {
+            return Upload::ReadWhole(body);
         }
-        // Boxed for the same reason as the replay: most requests have no body to read.
-        let data = Box::pin(crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect()))
-            .await
-            .map_err(|_| Rejection::BodyTimeout)?
-            .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?
-            .to_bytes();
-        let length = data.len() as u64;
-        exchange.add_kept_upload(length);
-        self.metrics.request_bytes.inc_by(length);
-        Ok(UploadBody::kept(data))
+        Upload::Ready(UploadBody::streaming(
+            body,
+            exchange.track_upload(),
+            self.metrics.clone(),
+        ))
     }
 
     /// Sends the request; once more from `replay` if Azure DevOps refused it unprocessed (see
@@ -240,7 +341,7 @@ impl Proxy {
     /// request hyper already took.
     async fn send(
         &self,
-        request: Request<UploadBody>,
+        request: &mut Option<Request<UploadBody>>,
         exchange: &mut Exchange,
         replay: Option<&Replay>,
     ) -> Result<Response<Incoming>, Rejection> {
@@ -249,7 +350,8 @@ impl Proxy {
         if let (Err(error), Some(replay)) = (&result, replay) {
             if error.unprocessed {
                 tracing::debug!(request_id = %exchange.request_id, "refused unprocessed; sending it again");
-                result = self.upstream.send(replay.clone().into_request()).await;
+                *request = Some(replay.clone().into_request());
+                result = self.upstream.send(request).await;
             }
         }
         let result = result.map_err(|error| error.failure);
@@ -299,7 +401,7 @@ impl Proxy {
             .headers_mut()
             .insert(http::header::AUTHORIZATION, renewed);
         exchange.set_replayed();
-        let response = self.send(request, exchange, None).await?;
+        let response = self.send(&mut Some(request), exchange, None).await?;
         if token_refused(&response) {
             return Err(Rejection::TokenRefused { replayed: true });
         }

@@ -8,13 +8,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -168,13 +169,10 @@ impl ConnectionServer {
     }
 
     fn spawn<H: Handler>(&self, stream: TcpStream, slot: OwnedSemaphorePermit, handler: H) {
-        let service = service_fn(move |request| {
-            let response = handler.call(request);
-            async move { Ok::<_, Infallible>(response.await) }
-        });
-        let connection = self
-            .drain
-            .watch(self.builder.serve_connection(TokioIo::new(stream), service));
+        let connection = self.drain.watch(
+            self.builder
+                .serve_connection(TokioIo::new(stream), Service(handler)),
+        );
         tokio::spawn(async move {
             // Errors here are client-side (resets, timeouts, malformed requests): hyper has
             // already answered what could be answered.
@@ -195,6 +193,39 @@ impl ConnectionServer {
                 "grace period over; closing the connections still open"
             );
         }
+    }
+}
+
+/// The handler as hyper's `Service`. Not `service_fn` with an `async` block: that block would
+/// hold the handler's future twice over (captured, then awaited), and hyper moves the future it
+/// gets per request.
+struct Service<H>(H);
+
+impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
+    type Response = Response<H::Body>;
+    type Error = Infallible;
+    type Future = Infallibly<H::Future>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        Infallibly {
+            inner: self.0.call(request),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A future whose output hyper wants as a `Result`; the handler always answers.
+    pub struct Infallibly<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Infallibly<F> {
+    type Output = Result<F::Output, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map(Ok)
     }
 }
 
