@@ -6,7 +6,7 @@
 //! path and query, byte for byte. Redirects are never followed and bodies are never decompressed.
 
 use std::error::Error as _;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response};
@@ -85,12 +85,14 @@ impl Upstream {
     ///
     /// The request is taken from `slot` by the connection that sends it, and put back if no
     /// connection took it. Passed by reference, it lives once in the caller's future instead of
-    /// once more in every future on the way to hyper.
+    /// once more in every future on the way to hyper. The timeout counts from `sent_at`.
     pub async fn send(
         &self,
         slot: &mut Option<Request<UploadBody>>,
+        sent_at: Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        match crate::timer::timeout(self.response_timeout, self.exchange(slot)).await {
+        let exchange = self.exchange(slot);
+        match crate::timer::timeout_from(sent_at, self.response_timeout, exchange).await {
             Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
         }

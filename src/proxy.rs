@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -28,22 +28,44 @@ const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 /// A body small enough to keep for a replay arrives within this, or the request is refused.
 const KEPT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What is needed to send a request again; only requests with a kept body have one.
+/// What is needed to send a request again; only requests with a kept body have one. The headers
+/// are kept as a list rather than a second `HeaderMap`: a map costs two allocations, and almost
+/// every replay copy is dropped unused.
 #[derive(Clone)]
 struct Replay {
     method: Method,
     uri: Uri,
-    headers: HeaderMap,
+    headers: Vec<(HeaderName, HeaderValue)>,
     body: Option<Bytes>,
 }
 
 impl Replay {
+    fn new(parts: &http::request::Parts, body: Option<Bytes>) -> Self {
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        headers.extend(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers,
+            body,
+        }
+    }
+
     fn into_request(self) -> Request<UploadBody> {
         let mut request = Request::new(UploadBody::Kept(self.body));
         *request.method_mut() = self.method;
         *request.uri_mut() = self.uri;
         *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = self.headers;
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
         request
     }
 }
@@ -213,12 +235,7 @@ impl Proxy {
         // The pool picks HTTP/1.1 or h2 by ALPN; an h2 client must not force h2 upstream.
         parts.version = Version::HTTP_11;
         let replay = match &body {
-            UploadBody::Kept(data) => Some(Replay {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                headers: parts.headers.clone(),
-                body: data.clone(),
-            }),
+            UploadBody::Kept(data) => Some(Replay::new(&parts, data.clone())),
             UploadBody::Streaming { .. } => None,
         };
         Ok(Outgoing {
@@ -346,12 +363,12 @@ impl Proxy {
         replay: Option<&Replay>,
     ) -> Result<Response<Incoming>, Rejection> {
         let sent_at = Instant::now();
-        let mut result = self.upstream.send(request).await;
+        let mut result = self.upstream.send(request, sent_at).await;
         if let (Err(error), Some(replay)) = (&result, replay) {
             if error.unprocessed {
                 tracing::debug!(request_id = %exchange.request_id, "refused unprocessed; sending it again");
                 *request = Some(replay.clone().into_request());
-                result = self.upstream.send(request).await;
+                result = self.upstream.send(request, Instant::now()).await;
             }
         }
         let result = result.map_err(|error| error.failure);

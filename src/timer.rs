@@ -203,10 +203,15 @@ impl Deadline {
     /// A duration too long to add (a configured timeout of centuries) means about thirty
     /// years, as with tokio's timers.
     pub fn after(duration: Duration) -> Self {
-        let now = Instant::now();
+        Self::after_from(Instant::now(), duration)
+    }
+
+    /// `duration` after `start`, for a caller that has just read the clock anyway.
+    pub fn after_from(start: Instant, duration: Duration) -> Self {
         Self::at(
-            now.checked_add(duration)
-                .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 30)),
+            start
+                .checked_add(duration)
+                .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365 * 30)),
         )
     }
 
@@ -310,9 +315,14 @@ pin_project_lite::pin_project! {
 pub struct Elapsed;
 
 pub fn timeout<F: Future>(duration: Duration, future: F) -> Timeout<F> {
+    timeout_from(Instant::now(), duration, future)
+}
+
+/// [`timeout`] counted from `start` (a clock reading the caller already has).
+pub fn timeout_from<F: Future>(start: Instant, duration: Duration, future: F) -> Timeout<F> {
     Timeout {
         future,
-        deadline: Deadline::after(duration),
+        deadline: Deadline::after_from(start, duration),
     }
 }
 

@@ -448,7 +448,15 @@ async fn a_refused_token_is_renewed_and_a_get_and_a_small_post_are_replayed() {
     let issued = stack.entra.tokens_issued();
 
     stack.devops.revoke_seen_tokens();
-    let reply = support::get(&stack.url(PROBE), &[]).await;
+    let reply = support::get(
+        &stack.url(PROBE),
+        &[
+            ("accept", "application/json"),
+            ("x-tfs-session", "first"),
+            ("x-tfs-session", "second"),
+        ],
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(
         stack.entra.tokens_issued(),
@@ -465,6 +473,18 @@ async fn a_refused_token_is_renewed_and_a_get_and_a_small_post_are_replayed() {
         refused.headers["authorization"],
         replayed.headers["authorization"]
     );
+    // Everything but the token is sent again as it was, repeated values in their order.
+    let without_token = |headers: &http::HeaderMap| {
+        let mut headers = headers.clone();
+        headers.remove("authorization");
+        headers
+    };
+    assert_eq!(
+        without_token(&refused.headers),
+        without_token(&replayed.headers)
+    );
+    let sessions: Vec<_> = replayed.headers.get_all("x-tfs-session").iter().collect();
+    assert_eq!(sessions, ["first", "second"]);
 
     // A second stack: forced refreshes are debounced per identity, so each case gets its own.
     let stack = Stack::start().await;
