@@ -10,6 +10,8 @@ use std::fmt;
 
 use http::Method;
 
+use crate::log_format::Rendered;
+
 /// Deeper paths are refused; Azure DevOps URLs have a dozen segments at most.
 pub const MAX_SEGMENTS: usize = 32;
 
@@ -436,7 +438,7 @@ impl Methods {
 pub struct Rule {
     methods: Methods,
     pattern: Pattern,
-    description: Box<str>,
+    description: Rendered,
 }
 
 impl Rule {
@@ -444,11 +446,12 @@ impl Rule {
         Ok(Rule {
             methods: Methods::compile(methods)?,
             pattern: Pattern::compile(path)?,
-            description: format!("{} {path}", methods.join(",")).into(),
+            description: Rendered::new(&format!("{} {path}", methods.join(","))),
         })
     }
 
-    pub fn description(&self) -> &str {
+    /// `METHODS path`, ready for the audit line.
+    pub fn description(&self) -> &Rendered {
         &self.description
     }
 }

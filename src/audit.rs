@@ -14,16 +14,16 @@ use std::sync::OnceLock;
 
 use tracing::Level;
 
-use crate::log_format::{LineFormat, key};
+use crate::log_format::{LineFormat, Rendered, key};
 use crate::log_writer::BatchedStderr;
 
 pub const TARGET: &str = "audit";
 
 pub struct AuditLine<'a> {
     pub request_id: &'a str,
-    pub client: &'a str,
+    pub client: &'a Rendered,
     /// The allow rule that admitted the request, if one did.
-    pub rule: Option<&'a str>,
+    pub rule: Option<&'a Rendered>,
     pub method: &'a str,
     /// Without the query, which may carry anything.
     pub path: &'a str,
@@ -42,9 +42,9 @@ impl AuditLine<'_> {
     /// The fields in order; absent ones are left out of the line, as `tracing` leaves out `None`.
     fn write_fields(&self, format: LineFormat, out: &mut impl fmt::Write) -> fmt::Result {
         format.str_field(out, key!("request_id"), self.request_id)?;
-        format.str_field(out, key!("client"), self.client)?;
+        format.rendered_field(out, key!("client"), self.client)?;
         if let Some(rule) = self.rule {
-            format.str_field(out, key!("rule"), rule)?;
+            format.rendered_field(out, key!("rule"), rule)?;
         }
         format.str_field(out, key!("method"), self.method)?;
         format.str_field(out, key!("path"), self.path)?;
@@ -72,6 +72,9 @@ impl AuditLine<'_> {
 struct Sink {
     format: LineFormat,
     out: BatchedStderr,
+    /// `RUST_LOG`'s verdict on audit lines, taken once: the filter cannot change while the
+    /// process runs, and asking it costs every request.
+    enabled: bool,
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -83,15 +86,19 @@ thread_local! {
 }
 
 /// Sends audit lines to `out` in `format` from now on; the first call wins.
+/// Call once the subscriber is installed: it decides, now, whether audit lines are written.
 pub fn install(format: LineFormat, out: BatchedStderr) {
-    let _ = SINK.set(Sink { format, out });
+    let enabled = tracing::enabled!(target: TARGET, Level::INFO);
+    let _ = SINK.set(Sink {
+        format,
+        out,
+        enabled,
+    });
 }
 
 pub fn record(line: &AuditLine<'_>) {
-    if !tracing::enabled!(target: TARGET, Level::INFO) {
-        return;
-    }
     match SINK.get() {
+        Some(sink) if !sink.enabled => {}
         Some(sink) => {
             let write = |buf: &mut String| {
                 buf.clear();
@@ -112,6 +119,7 @@ pub fn record(line: &AuditLine<'_>) {
                 write(&mut String::new());
             }
         }
+        None if !tracing::enabled!(target: TARGET, Level::INFO) => {}
         None => {
             let mut fields = String::new();
             let _ = line.write_fields(LineFormat::Text, &mut fields);
@@ -124,10 +132,15 @@ pub fn record(line: &AuditLine<'_>) {
 mod tests {
     use super::*;
 
-    fn line(rule: Option<&str>, upstream_us: Option<u64>, replayed: bool) -> AuditLine<'_> {
+    fn line<'a>(
+        client: &'a Rendered,
+        rule: Option<&'a Rendered>,
+        upstream_us: Option<u64>,
+        replayed: bool,
+    ) -> AuditLine<'a> {
         AuditLine {
             request_id: "00000000deadbeef",
-            client: "ci",
+            client,
             rule,
             method: "GET",
             path: "/contoso/_apis/projects",
@@ -149,8 +162,10 @@ mod tests {
 
     #[test]
     fn text_line_has_every_field_and_quotes_the_rule() {
+        let client = Rendered::new("ci");
+        let rule = Rendered::new(r#"GET /contoso/** "x\"#);
         let text = written(
-            &line(Some(r#"GET /contoso/** "x\"#), Some(640), true),
+            &line(&client, Some(&rule), Some(640), true),
             LineFormat::Text,
         );
         let (timestamp, rest) = text.split_once(' ').expect("timestamp first");
@@ -171,13 +186,16 @@ mod tests {
 
     #[test]
     fn absent_fields_are_left_out() {
-        let text = written(&line(None, None, false), LineFormat::Text);
+        let client = Rendered::new("ci");
+        let text = written(&line(&client, None, None, false), LineFormat::Text);
         for absent in ["rule=", "upstream_us=", "replayed="] {
             assert!(!text.contains(absent), "{absent} in {text}");
         }
-        let json: serde_json::Value =
-            serde_json::from_str(&written(&line(None, None, false), LineFormat::Json))
-                .expect("one JSON object");
+        let json: serde_json::Value = serde_json::from_str(&written(
+            &line(&client, None, None, false),
+            LineFormat::Json,
+        ))
+        .expect("one JSON object");
         for absent in ["rule", "upstream_us", "replayed"] {
             assert!(json.get(absent).is_none(), "{absent} in {json}");
         }
@@ -185,8 +203,10 @@ mod tests {
 
     #[test]
     fn json_line_is_one_object_with_typed_fields() {
+        let client = Rendered::new("c\"i");
+        let rule = Rendered::new("GET /contoso/**");
         let out = written(
-            &line(Some("GET /contoso/**"), Some(640), true),
+            &line(&client, Some(&rule), Some(640), true),
             LineFormat::Json,
         );
         assert!(out.ends_with("}\n") && out.lines().count() == 1, "{out}");
@@ -194,6 +214,7 @@ mod tests {
         assert_eq!(json["level"], "INFO");
         assert_eq!(json["target"], "audit");
         assert_eq!(json["request_id"], "00000000deadbeef");
+        assert_eq!(json["client"], "c\"i");
         assert_eq!(json["rule"], "GET /contoso/**");
         assert_eq!(json["path"], "/contoso/_apis/projects");
         assert_eq!(json["status"], 200);

@@ -2,6 +2,7 @@
 //! against every configured key hash; or, in open mode, anyone on this machine who is not a web
 //! page. Keys are never kept, logged or echoed; only their hashes are compared.
 
+use crate::log_format::Rendered;
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -25,6 +26,8 @@ const MAX_KEY_BYTES: usize = 256;
 /// A configured client, with everything the request path needs about it.
 pub struct Client {
     pub name: Arc<str>,
+    /// `name` as audit lines write it.
+    pub audit_name: Rendered,
     pub allow: Allowlist,
     pub token: Arc<TokenCache>,
     pub metrics: ClientMetrics,
@@ -39,6 +42,7 @@ impl Client {
     ) -> Self {
         Self {
             name: name.into(),
+            audit_name: Rendered::new(name),
             allow,
             token,
             metrics,

@@ -9,8 +9,8 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,10 @@ use hyper::body::Incoming;
 
 use crate::audit::{self, AuditLine};
 use crate::auth::Client;
+use crate::log_format::Rendered;
 use crate::metrics::{Metrics, NO_CLIENT, UpstreamFailure};
+
+static NO_CLIENT_AUDIT_NAME: LazyLock<Rendered> = LazyLock::new(|| Rendered::new(NO_CLIENT));
 
 /// Request ids: a random per-process prefix and a counter, so ids from replicas do not collide.
 pub struct RequestIds {
@@ -305,7 +308,7 @@ impl Drop for Exchange {
             .map(|rule| rule.description());
         audit::record(&AuditLine {
             request_id: self.request_id_value.to_str().unwrap_or_default(),
-            client: client.map_or(NO_CLIENT, |c| &*c.name),
+            client: client.map_or(&*NO_CLIENT_AUDIT_NAME, |c| &c.audit_name),
             rule,
             method: self.method.as_str(),
             path: self.uri.path(),

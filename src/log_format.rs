@@ -5,6 +5,7 @@
 //! appends: `key=value` pairs, or one JSON object per line with the fields flattened. The audit
 //! line (`audit`) uses the same field writers without going through `tracing`.
 
+use std::cell::Cell;
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,6 +65,28 @@ impl FieldName for &str {
     }
 }
 
+/// A value written on many lines (a client's name, an allowlist rule), quoted and escaped once
+/// for each format instead of on every line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    text: Box<str>,
+    json: Box<str>,
+}
+
+impl Rendered {
+    pub fn new(value: &str) -> Self {
+        let mut text = String::new();
+        let mut json = String::new();
+        // Writing into a String cannot fail.
+        let _ = LineFormat::Text.str_value(&mut text, value);
+        let _ = LineFormat::Json.str_value(&mut json, value);
+        Self {
+            text: text.into(),
+            json: json.into(),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LineFormat {
     Text,
@@ -100,6 +123,10 @@ impl LineFormat {
         value: &str,
     ) -> fmt::Result {
         name.write(self, out)?;
+        self.str_value(out, value)
+    }
+
+    fn str_value(self, out: &mut impl fmt::Write, value: &str) -> fmt::Result {
         match self {
             LineFormat::Text => {
                 if !value.is_empty() && value.bytes().all(|b| b.is_ascii_graphic() && b != b'"') {
@@ -110,6 +137,20 @@ impl LineFormat {
             }
             LineFormat::Json => json_string(out, value),
         }
+    }
+
+    /// A value rendered beforehand (see [`Rendered`]).
+    pub fn rendered_field(
+        self,
+        out: &mut impl fmt::Write,
+        name: Key,
+        value: &Rendered,
+    ) -> fmt::Result {
+        name.write(self, out)?;
+        out.write_str(match self {
+            LineFormat::Text => &value.text,
+            LineFormat::Json => &value.json,
+        })
     }
 
     pub fn u64_field(
@@ -191,18 +232,36 @@ const TIMESTAMP_LEN: usize = "2026-01-01T00:00:00.000000Z".len();
 fn rfc3339_micros(time: SystemTime, buf: &mut [u8; TIMESTAMP_LEN]) -> &str {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
-    let (year, month, day) = civil_from_days(seconds / 86_400);
-    let second_of_day = seconds % 86_400;
-    *buf = *b"0000-00-00T00:00:00.000000Z";
-    put_digits(&mut buf[0..4], year);
-    put_digits(&mut buf[5..7], month);
-    put_digits(&mut buf[8..10], day);
-    put_digits(&mut buf[11..13], second_of_day / 3600);
-    put_digits(&mut buf[14..16], second_of_day / 60 % 60);
-    put_digits(&mut buf[17..19], second_of_day % 60);
+    // Lines come many to a second: the date and time of day are worked out once per second.
+    let cached = LAST_SECOND
+        .try_with(Cell::get)
+        .ok()
+        .filter(|(second, _)| *second == seconds);
+    match cached {
+        Some((_, stamp)) => *buf = stamp,
+        None => {
+            let (year, month, day) = civil_from_days(seconds / 86_400);
+            let second_of_day = seconds % 86_400;
+            *buf = *b"0000-00-00T00:00:00.000000Z";
+            put_digits(&mut buf[0..4], year);
+            put_digits(&mut buf[5..7], month);
+            put_digits(&mut buf[8..10], day);
+            put_digits(&mut buf[11..13], second_of_day / 3600);
+            put_digits(&mut buf[14..16], second_of_day / 60 % 60);
+            put_digits(&mut buf[17..19], second_of_day % 60);
+            let _ = LAST_SECOND.try_with(|last| last.set((seconds, *buf)));
+        }
+    }
     put_digits(&mut buf[20..26], u64::from(since_epoch.subsec_micros()));
     // Only ASCII digits and separators were written.
     std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000000Z")
+}
+
+thread_local! {
+    /// The last second a line was stamped with, and its stamp.
+    static LAST_SECOND: Cell<(u64, [u8; TIMESTAMP_LEN])> = const {
+        Cell::new((u64::MAX, [0; TIMESTAMP_LEN]))
+    };
 }
 
 /// Year, month, day of the proleptic Gregorian calendar for days since 1970-01-01 (Howard

@@ -116,12 +116,13 @@ fn init_logging(format: LogFormat) -> FlushGuard {
         LogFormat::Text => LineFormat::Text,
         LogFormat::Json => LineFormat::Json,
     };
-    audit::install(format, writer.clone());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(writer.clone())
         .event_format(format)
         .init();
+    // After the subscriber: the sink asks it once whether audit lines are wanted.
+    audit::install(format, writer);
     guard
 }
 
