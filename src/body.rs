@@ -52,8 +52,9 @@ impl Default for RequestIds {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct RequestId(u64);
 
-/// Room for the `x-request-id` values of 256 requests.
-const ID_CHUNK_BYTES: usize = 16 * 256;
+/// Room for the `x-request-id` values of 64 requests. A chunk stays allocated while any of its
+/// ids does (an id lives as long as its response, which can stream for minutes), so it is small.
+const ID_CHUNK_BYTES: usize = 16 * 64;
 
 thread_local! {
     static ID_CHUNK: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -437,6 +438,13 @@ mod tests {
 
     #[test]
     fn request_ids_are_sixteen_hex_digits() {
+        // Several chunks' worth on one thread: every id is whole after a chunk runs out.
+        let ids = RequestIds::new();
+        let values: Vec<HeaderValue> = (0..300).map(|_| ids.next().header_value()).collect();
+        let first = u64::from_str_radix(values[0].to_str().expect("ascii"), 16).expect("hex");
+        for (offset, value) in (0..).zip(&values) {
+            assert_eq!(value, format!("{:016x}", first + offset).as_str());
+        }
         for value in [0, 1, 0xdead_beef, u64::MAX] {
             let id = RequestId(value);
             assert_eq!(id.header_value(), format!("{value:016x}").as_str());

@@ -91,7 +91,7 @@ impl Upstream {
         slot: &mut Option<Request<UploadBody>>,
         sent_at: Instant,
     ) -> Result<Response<Incoming>, SendError> {
-        let exchange = self.exchange(slot);
+        let exchange = self.exchange(slot, sent_at);
         match crate::timer::timeout_from(sent_at, self.response_timeout, exchange).await {
             Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
@@ -101,6 +101,7 @@ impl Upstream {
     async fn exchange(
         &self,
         slot: &mut Option<Request<UploadBody>>,
+        sent_at: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let Some(idempotent) = slot
             .as_ref()
@@ -110,9 +111,15 @@ impl Upstream {
         };
         // A pooled connection can close under a request (keep-alive ended, h2 GOAWAY); a request
         // it never took goes to another one. Bounded, in case a server keeps doing that.
-        let mut retries_left = 3;
+        let mut retries_left = MAX_RETRIES;
         loop {
-            let (sender, reused) = self.pool.checkout().await.map_err(|error| {
+            // The first attempt follows the clock reading at once; a retry comes after waiting.
+            let now = if retries_left == MAX_RETRIES {
+                sent_at
+            } else {
+                Instant::now()
+            };
+            let (sender, reused) = self.pool.checkout(now).await.map_err(|error| {
                 tracing::debug!(error = %describe(&*error), "upstream connect failed");
                 SendError::from(UpstreamFailure::Connect)
             })?;
@@ -135,10 +142,11 @@ impl Upstream {
                     }
                 }
                 Sender::Http1(mut sender) => {
-                    let Some(request) = slot.take() else {
+                    let Some(mut request) = slot.take() else {
                         return Err(SendError::from(UpstreamFailure::Protocol));
                     };
-                    let response = sender.try_send_request(origin_form(request)).await;
+                    to_origin_form(&mut request);
+                    let response = sender.try_send_request(request).await;
                     if response.is_ok() {
                         self.pool.checkin(sender);
                     }
@@ -177,7 +185,7 @@ impl Upstream {
 /// HTTP/1.1 to an origin server: origin-form, the path and query only. The target arrives so
 /// (see `target::check`) unless an h2 attempt before this one made it absolute; only
 /// configuration ever names the host.
-fn origin_form(mut request: Request<UploadBody>) -> Request<UploadBody> {
+fn to_origin_form(request: &mut Request<UploadBody>) {
     if request.uri().authority().is_some() {
         let path_and_query = request
             .uri()
@@ -186,8 +194,10 @@ fn origin_form(mut request: Request<UploadBody>) -> Request<UploadBody> {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *request.uri_mut() = Uri::from(path_and_query);
     }
-    request
 }
+
+/// How many times a request no connection took goes to another one.
+const MAX_RETRIES: u32 = 3;
 
 /// Why a request got no response, and whether Azure DevOps certainly never processed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -73,9 +73,10 @@ impl Pool {
     }
 
     /// A connection ready for a request, and whether it served one before (only then may a
-    /// request it refused to start be retried elsewhere).
-    pub async fn checkout(&self) -> Result<(Sender, bool), ConnectError> {
-        match self.take_idle() {
+    /// request it refused to start be retried elsewhere). `now`: the caller's clock reading,
+    /// for the idle timeout.
+    pub async fn checkout(&self, now: Instant) -> Result<(Sender, bool), ConnectError> {
+        match self.take_idle(now) {
             Some(sender) => Ok((sender, true)),
             // Boxed: connecting (TCP, TLS, handshake) is rare and its future large, and every
             // in-flight request's future would otherwise carry room for it.
@@ -87,7 +88,7 @@ impl Pool {
         if self.expect_h2.load(Ordering::Relaxed) {
             let _one_at_a_time = self.connecting.lock().await;
             // Whoever held the lock may have just made the connection this request needs.
-            if let Some(sender) = self.take_idle() {
+            if let Some(sender) = self.take_idle(Instant::now()) {
                 return Ok((sender, true));
             }
             if self.expect_h2.load(Ordering::Relaxed) {
@@ -104,9 +105,8 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self) -> Option<Sender> {
+    fn take_idle(&self, now: Instant) -> Option<Sender> {
         let mut idle = lock(&self.idle);
-        let now = Instant::now();
         if let Some((sender, last_used)) = &mut idle.http2 {
             if !sender.is_closed() {
                 *last_used = now;
@@ -181,7 +181,7 @@ fn spent(
     now: Instant,
     idle_timeout: Duration,
 ) -> bool {
-    sender.is_closed() || (sender.is_ready() && now.duration_since(since) > idle_timeout)
+    sender.is_closed() || (sender.is_ready() && now.saturating_duration_since(since) > idle_timeout)
 }
 
 /// Closes connections idle for longer than `idle_timeout`, until the pool is gone.
@@ -201,7 +201,7 @@ async fn close_idle(idle: Weak<Mutex<Idle>>, idle_timeout: Duration) {
         });
         // In-flight streams keep the connection open; the pool only stops handing it out.
         if idle.http2.as_ref().is_some_and(|(sender, last_used)| {
-            sender.is_closed() || now.duration_since(*last_used) > idle_timeout
+            sender.is_closed() || now.saturating_duration_since(*last_used) > idle_timeout
         }) {
             idle.http2 = None;
         }

@@ -152,6 +152,9 @@ impl Proxy {
         );
         let mut start = self.start(request, &mut exchange);
         async move {
+            // Matched in place, not by value: a binding by value would be a second copy of the
+            // request in the future. The `Option`s are taken once (this block runs once), so
+            // their `None` arms cannot happen.
             let result = match &mut start {
                 Start::Ready(outgoing) => self.forward(outgoing, &mut exchange).await,
                 Start::ReadBody(pending) => match pending.take() {
