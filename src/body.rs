@@ -330,7 +330,7 @@ impl Drop for Exchange {
 /// small JSON answer.
 pub struct ResponseBody {
     kind: Kind,
-    exchange: Option<Exchange>,
+    exchange: Option<Box<Exchange>>,
 }
 
 enum Kind {
@@ -339,15 +339,15 @@ enum Kind {
 }
 
 impl ResponseBody {
-    pub fn upstream(body: Incoming, exchange: Exchange, status: u16) -> Self {
+    pub fn upstream(body: Incoming, exchange: Box<Exchange>, status: u16) -> Self {
         Self::new(Kind::Upstream(body), exchange, status)
     }
 
-    pub fn local(body: Bytes, exchange: Exchange, status: u16) -> Self {
+    pub fn local(body: Bytes, exchange: Box<Exchange>, status: u16) -> Self {
         Self::new(Kind::Local(Some(body)), exchange, status)
     }
 
-    fn new(kind: Kind, mut exchange: Exchange, status: u16) -> Self {
+    fn new(kind: Kind, mut exchange: Box<Exchange>, status: u16) -> Self {
         exchange.status = Some(status);
         let mut body = Self {
             kind,
