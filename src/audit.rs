@@ -19,6 +19,8 @@ use crate::log_writer::BatchedStderr;
 
 pub const TARGET: &str = "audit";
 
+/// `request_id`, `method` and `outcome` are written as they are: hex digits, an HTTP method
+/// (parsed as a token) and a fixed word need no quoting or escaping.
 pub struct AuditLine<'a> {
     pub request_id: &'a str,
     pub client: &'a Rendered,
@@ -41,12 +43,12 @@ pub struct AuditLine<'a> {
 impl AuditLine<'_> {
     /// The fields in order; absent ones are left out of the line, as `tracing` leaves out `None`.
     fn write_fields(&self, format: LineFormat, out: &mut impl fmt::Write) -> fmt::Result {
-        format.str_field(out, key!("request_id"), self.request_id)?;
+        format.plain_field(out, key!("request_id"), self.request_id)?;
         format.rendered_field(out, key!("client"), self.client)?;
         if let Some(rule) = self.rule {
             format.rendered_field(out, key!("rule"), rule)?;
         }
-        format.str_field(out, key!("method"), self.method)?;
+        format.plain_field(out, key!("method"), self.method)?;
         format.str_field(out, key!("path"), self.path)?;
         format.u64_field(out, key!("status"), u64::from(self.status))?;
         format.u64_field(out, key!("request_bytes"), self.request_bytes)?;
@@ -55,7 +57,7 @@ impl AuditLine<'_> {
         if let Some(upstream_us) = self.upstream_us {
             format.u64_field(out, key!("upstream_us"), upstream_us)?;
         }
-        format.str_field(out, key!("outcome"), self.outcome)?;
+        format.plain_field(out, key!("outcome"), self.outcome)?;
         if self.replayed {
             format.bool_field(out, key!("replayed"), true)?;
         }

@@ -68,19 +68,26 @@ pub fn prepare_response(headers: &mut HeaderMap) {
 /// Removes the headers `doomed` picks and those named in `Connection`, in one pass over the
 /// names present; allocates only when there is something to remove.
 fn remove(headers: &mut HeaderMap, doomed: impl Fn(&str) -> bool) {
-    let mut names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| doomed(name.as_str()))
-        .cloned()
-        .collect();
-    names.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
-    );
+    let mut names: Vec<HeaderName> = Vec::new();
+    // Noticed while passing over the names anyway: most messages have no `Connection`, and
+    // looking it up costs a hash.
+    let mut connection = false;
+    for name in headers.keys() {
+        connection |= name == header::CONNECTION;
+        if doomed(name.as_str()) {
+            names.push(name.clone());
+        }
+    }
+    if connection {
+        names.extend(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|value| value.to_str().ok())
+                .flat_map(|value| value.split(','))
+                .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
+        );
+    }
     for name in names {
         headers.remove(name);
     }

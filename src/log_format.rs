@@ -139,6 +139,28 @@ impl LineFormat {
         }
     }
 
+    /// A value that never needs quoting or escaping in either format, written without
+    /// `str_field`'s per-byte check: hex digits, an HTTP method (a token: no space, quote,
+    /// backslash or control character), a fixed word.
+    pub fn plain_field(self, out: &mut impl fmt::Write, name: Key, value: &str) -> fmt::Result {
+        debug_assert!(
+            !value.is_empty()
+                && value
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'),
+            "not plain: {value:?}"
+        );
+        name.write(self, out)?;
+        match self {
+            LineFormat::Text => out.write_str(value),
+            LineFormat::Json => {
+                out.write_char('"')?;
+                out.write_str(value)?;
+                out.write_char('"')
+            }
+        }
+    }
+
     /// A value rendered beforehand (see [`Rendered`]).
     pub fn rendered_field(
         self,
