@@ -447,9 +447,12 @@ impl Proxy {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             self.metrics.count_throttled(identity);
         }
+        // A pass over the names, not a lookup: hashing a name costs more than comparing a
+        // response's few names with it.
         if let Some(remaining) = response
             .headers()
-            .get(&RATE_LIMIT_REMAINING)
+            .iter()
+            .find_map(|(name, value)| (name == RATE_LIMIT_REMAINING).then_some(value))
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<f64>().ok())
         {
