@@ -215,7 +215,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
 
 pin_project_lite::pin_project! {
     /// A future whose output hyper wants as a `Result`; the handler always answers.
-    pub struct Infallibly<F> {
+    struct Infallibly<F> {
         #[pin]
         inner: F,
     }
