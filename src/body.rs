@@ -211,9 +211,8 @@ impl Outcome {
 /// at the end of the response body, or when the client goes away at any point before that.
 pub struct Exchange {
     metrics: Arc<Metrics>,
-    pub request_id: RequestId,
-    /// `request_id` as sent back in `x-request-id`.
-    pub request_id_value: HeaderValue,
+    /// As sent back in `x-request-id`, written in the audit line and in error bodies.
+    request_id: HeaderValue,
     method: Method,
     uri: Uri,
     started: Instant,
@@ -236,8 +235,7 @@ impl Exchange {
         metrics.in_flight.inc();
         Self {
             metrics,
-            request_id,
-            request_id_value: request_id.header_value(),
+            request_id: request_id.header_value(),
             method,
             uri,
             started: Instant::now(),
@@ -251,6 +249,17 @@ impl Exchange {
             rule: None,
             replayed: false,
         }
+    }
+
+    /// Sixteen hex digits.
+    pub fn request_id(&self) -> &str {
+        // Made from hex digits, so always visible ASCII.
+        self.request_id.to_str().unwrap_or_default()
+    }
+
+    /// The `x-request-id` value (a reference-counted copy, not an allocation).
+    pub fn request_id_header(&self) -> HeaderValue {
+        self.request_id.clone()
     }
 
     pub fn set_client(&mut self, client: Arc<Client>) {
@@ -308,7 +317,7 @@ impl Drop for Exchange {
             .and_then(|(client, index)| client.allow.rule(index))
             .map(|rule| rule.description());
         audit::record(&AuditLine {
-            request_id: self.request_id_value.to_str().unwrap_or_default(),
+            request_id: self.request_id(),
             client: client.map_or(&*NO_CLIENT_AUDIT_NAME, |c| &c.audit_name),
             rule,
             method: self.method.as_str(),
@@ -405,7 +414,7 @@ impl Body for ResponseBody {
                         .metrics
                         .count_upstream_failure(UpstreamFailure::ResponseBody);
                     tracing::warn!(
-                        request_id = %exchange.request_id,
+                        request_id = exchange.request_id(),
                         error = %error,
                         "upstream response body failed mid-stream; aborting the client connection"
                     );

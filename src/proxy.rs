@@ -86,6 +86,13 @@ fn token_refused(response: &Response<Incoming>) -> bool {
     }
 }
 
+/// No usable token: the client is told when to try again.
+fn unavailable(token: &TokenCache) -> Rejection {
+    Rejection::TokenUnavailable {
+        retry_after: token.retry_after(),
+    }
+}
+
 /// A request admitted and rewritten for Azure DevOps.
 struct Outgoing {
     client: Arc<Client>,
@@ -180,7 +187,7 @@ impl Proxy {
         result: Result<Response<Incoming>, Rejection>,
         exchange: Box<Exchange>,
     ) -> Response<ResponseBody> {
-        let request_id = exchange.request_id_value.clone();
+        let request_id = exchange.request_id_header();
         let mut response = match result {
             Ok(response) => {
                 let status = response.status().as_u16();
@@ -227,9 +234,7 @@ impl Proxy {
         body: UploadBody,
     ) -> Result<Outgoing, Rejection> {
         let token = &client.token;
-        let bearer = token.bearer().ok_or_else(|| Rejection::TokenUnavailable {
-            retry_after: token.retry_after(),
-        })?;
+        let bearer = token.bearer().ok_or_else(|| unavailable(token))?;
         headers::prepare_request(
             &mut parts.headers,
             self.upstream.host_header(),
@@ -264,9 +269,7 @@ impl Proxy {
         // checked before reading and taken after.
         let token = &client.token;
         if token.bearer().is_none() {
-            return Err(Rejection::TokenUnavailable {
-                retry_after: token.retry_after(),
-            });
+            return Err(unavailable(token));
         }
         let data = crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
             .await
@@ -372,7 +375,10 @@ impl Proxy {
         let mut result = self.upstream.send(request, sent_at).await;
         if let (Err(error), Some(replay)) = (&result, replay) {
             if error.unprocessed {
-                tracing::debug!(request_id = %exchange.request_id, "refused unprocessed; sending it again");
+                tracing::debug!(
+                    request_id = exchange.request_id(),
+                    "refused unprocessed; sending it again"
+                );
                 *request = Some(replay.clone().into_request());
                 result = self.upstream.send(request, Instant::now()).await;
             }
@@ -406,7 +412,7 @@ impl Proxy {
     ) -> Result<Response<Incoming>, Rejection> {
         tracing::warn!(
             identity = token.identity(),
-            request_id = %exchange.request_id,
+            request_id = exchange.request_id(),
             status = status.as_u16(),
             replayable = replay.is_some(),
             "Azure DevOps refused the token; renewing it"
