@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderValue, header};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::allow::Allowlist;
-use crate::error::Rejection;
+use crate::error::{Rejection, Unauthenticated};
 use crate::keys;
 use crate::metrics::ClientMetrics;
 use crate::token::TokenCache;
@@ -46,30 +46,6 @@ impl Client {
             allow,
             token,
             metrics,
-        }
-    }
-}
-
-/// Why a caller is not authenticated; a metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unauthenticated {
-    Missing,
-    Malformed,
-    Unknown,
-}
-
-impl Unauthenticated {
-    pub const ALL: [Unauthenticated; 3] = [
-        Unauthenticated::Missing,
-        Unauthenticated::Malformed,
-        Unauthenticated::Unknown,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Unauthenticated::Missing => "missing",
-            Unauthenticated::Malformed => "malformed",
-            Unauthenticated::Unknown => "unknown",
         }
     }
 }

@@ -21,8 +21,9 @@ use hyper::body::Incoming;
 
 use crate::audit::{self, AuditLine};
 use crate::auth::Client;
+use crate::error::UpstreamFailure;
 use crate::log_format::Rendered;
-use crate::metrics::{Metrics, NO_CLIENT, UpstreamFailure};
+use crate::metrics::{Metrics, NO_CLIENT};
 
 static NO_CLIENT_AUDIT_NAME: LazyLock<Rendered> = LazyLock::new(|| Rendered::new(NO_CLIENT));
 

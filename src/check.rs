@@ -29,7 +29,7 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
         }
     };
     // Like the forwarding client, no HTTP proxy: check must see what `run` will see.
-    let devops = match crate::token::http_client::build(tls.clone(), false) {
+    let devops = match crate::token::endpoint::build(tls.clone(), false) {
         Ok(client) => client,
         Err(error) => {
             let _ = writeln!(report, "cannot build the HTTP client: {error}");
@@ -126,13 +126,13 @@ async fn check_identity(
             let _ = writeln!(
                 report,
                 "  Azure DevOps: FAILED: {connection_data} unreachable: {}",
-                crate::forward::describe(&error)
+                crate::error::describe(&error)
             );
             return false;
         }
     };
     let status = response.status();
-    let body: Value = crate::token::http_client::read_capped(&mut response)
+    let body: Value = crate::token::endpoint::read_capped(&mut response)
         .await
         .ok()
         .and_then(|body| serde_json::from_slice(&body).ok())

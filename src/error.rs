@@ -8,9 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use crate::auth::Unauthenticated;
-use crate::metrics::{Refusal, UpstreamFailure};
-
 #[derive(Debug)]
 pub enum Rejection {
     /// The request target or a header is unsafe to forward.
@@ -202,5 +199,264 @@ impl Rejection {
             _ => {}
         }
         response
+    }
+}
+
+/// Why a caller is not authenticated; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unauthenticated {
+    Missing,
+    Malformed,
+    Unknown,
+}
+
+impl Unauthenticated {
+    pub const ALL: [Unauthenticated; 3] = [
+        Unauthenticated::Missing,
+        Unauthenticated::Malformed,
+        Unauthenticated::Unknown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Unauthenticated::Missing => "missing",
+            Unauthenticated::Malformed => "malformed",
+            Unauthenticated::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why the proxy answered a request itself instead of forwarding it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    BadRequest,
+    MethodNotAllowed,
+    TokenUnavailable,
+    /// A web browser's request (`Origin`, `Sec-Fetch-Site`).
+    Browser,
+    /// Open mode, and a `Host` that is not one of the listener's own names.
+    ForeignHost,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 5] = [
+        Refusal::BadRequest,
+        Refusal::MethodNotAllowed,
+        Refusal::TokenUnavailable,
+        Refusal::Browser,
+        Refusal::ForeignHost,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::BadRequest => "bad_request",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::TokenUnavailable => "token_unavailable",
+            Refusal::Browser => "browser",
+            Refusal::ForeignHost => "foreign_host",
+        }
+    }
+}
+
+/// What went wrong between the proxy and Azure DevOps, or with the client mid-transfer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    Connect,
+    Timeout,
+    Reset,
+    ResponseBody,
+    ClientAborted,
+    Protocol,
+    /// Azure DevOps refused the service principal's token (401, or its sign-in answers).
+    TokenRefused,
+}
+
+impl UpstreamFailure {
+    pub const ALL: [UpstreamFailure; 7] = [
+        UpstreamFailure::Connect,
+        UpstreamFailure::Timeout,
+        UpstreamFailure::Reset,
+        UpstreamFailure::ResponseBody,
+        UpstreamFailure::ClientAborted,
+        UpstreamFailure::Protocol,
+        UpstreamFailure::TokenRefused,
+    ];
+    pub fn label(self) -> &'static str {
+        match self {
+            UpstreamFailure::Connect => "connect",
+            UpstreamFailure::Timeout => "timeout",
+            UpstreamFailure::Reset => "reset",
+            UpstreamFailure::ResponseBody => "response_body",
+            UpstreamFailure::ClientAborted => "client_aborted",
+            UpstreamFailure::Protocol => "protocol",
+            UpstreamFailure::TokenRefused => "token_refused",
+        }
+    }
+}
+
+/// The error and its causes on one line, for logs (they hold no credentials: hyper never prints
+/// headers).
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The whole vocabulary in one table: what each answer's status, code and metric label are.
+    #[test]
+    fn every_rejection_has_its_status_code_and_label() {
+        let forbidden = Rejection::Forbidden {
+            client: "ci".into(),
+            method: Method::GET,
+            path: "/x".into(),
+        };
+        let unavailable = Rejection::TokenUnavailable {
+            retry_after: Duration::from_secs(5),
+        };
+        let table: Vec<(Rejection, u16, &str, Option<&str>, Option<&str>)> = vec![
+            (
+                Rejection::BadRequest("bad"),
+                400,
+                "bad_request",
+                Some("bad_request"),
+                None,
+            ),
+            (
+                Rejection::BodyTimeout,
+                408,
+                "request_timeout",
+                Some("bad_request"),
+                None,
+            ),
+            (
+                Rejection::MethodNotAllowed(Method::CONNECT),
+                405,
+                "method_not_allowed",
+                Some("method_not_allowed"),
+                None,
+            ),
+            (
+                Rejection::Unauthenticated(Unauthenticated::Missing),
+                401,
+                "unauthenticated",
+                None,
+                None,
+            ),
+            (
+                Rejection::Unauthenticated(Unauthenticated::Unknown),
+                401,
+                "unauthenticated",
+                None,
+                None,
+            ),
+            (forbidden, 403, "forbidden", None, None),
+            (
+                Rejection::BrowserRequest,
+                403,
+                "forbidden",
+                Some("browser"),
+                None,
+            ),
+            (
+                Rejection::ForeignHost,
+                403,
+                "forbidden",
+                Some("foreign_host"),
+                None,
+            ),
+            (
+                unavailable,
+                503,
+                "token_unavailable",
+                Some("token_unavailable"),
+                None,
+            ),
+            (
+                Rejection::Upstream(UpstreamFailure::Connect),
+                502,
+                "bad_gateway",
+                None,
+                Some("connect"),
+            ),
+            (
+                Rejection::Upstream(UpstreamFailure::Timeout),
+                504,
+                "gateway_timeout",
+                None,
+                Some("timeout"),
+            ),
+            (
+                Rejection::Upstream(UpstreamFailure::Reset),
+                502,
+                "bad_gateway",
+                None,
+                Some("reset"),
+            ),
+            (
+                Rejection::Upstream(UpstreamFailure::ClientAborted),
+                400,
+                "bad_request",
+                None,
+                Some("client_aborted"),
+            ),
+            (
+                Rejection::UpstreamUpgrade,
+                502,
+                "bad_gateway",
+                None,
+                Some("protocol"),
+            ),
+            (
+                Rejection::TokenRefused { replayed: true },
+                502,
+                "bad_gateway",
+                None,
+                Some("token_refused"),
+            ),
+        ];
+        for (rejection, status, code, refusal, failure) in table {
+            assert_eq!(rejection.status().as_u16(), status, "{rejection:?}");
+            assert_eq!(rejection.code(), code, "{rejection:?}");
+            assert_eq!(
+                rejection.refusal().map(Refusal::label),
+                refusal,
+                "{rejection:?}"
+            );
+            assert_eq!(
+                rejection.upstream_failure().map(UpstreamFailure::label),
+                failure,
+                "{rejection:?}"
+            );
+            let response = rejection.to_response("00000000000000ab");
+            let body: serde_json::Value = serde_json::from_slice(response.body()).expect("json");
+            assert_eq!(body["error"], code);
+            assert_eq!(body["request_id"], "00000000000000ab");
+            assert_eq!(
+                response.headers().contains_key(header::WWW_AUTHENTICATE),
+                status == 401,
+                "{rejection:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_within_a_metric_are_distinct() {
+        fn distinct(mut labels: Vec<&str>) {
+            let all = labels.len();
+            labels.sort_unstable();
+            labels.dedup();
+            assert_eq!(labels.len(), all, "{labels:?}");
+        }
+        distinct(UpstreamFailure::ALL.iter().map(|f| f.label()).collect());
+        distinct(Refusal::ALL.iter().map(|r| r.label()).collect());
+        distinct(Unauthenticated::ALL.iter().map(|r| r.label()).collect());
     }
 }

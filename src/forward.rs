@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::body::{ClientBodyError, UploadBody};
 use crate::config;
-use crate::metrics::UpstreamFailure;
+use crate::error::{UpstreamFailure, describe};
 use crate::pool::{Pool, Sender};
 
 pub struct Upstream {
@@ -253,19 +253,6 @@ fn classify(error: &hyper::Error) -> UpstreamFailure {
         source = cause.source();
     }
     UpstreamFailure::Reset
-}
-
-/// The error and its causes on one line, for logs (they hold no credentials: hyper never prints
-/// headers).
-pub fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

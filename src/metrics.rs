@@ -4,7 +4,7 @@
 
 use http::Method;
 
-use crate::auth::Unauthenticated;
+use crate::error::{Refusal, Unauthenticated, UpstreamFailure};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -19,37 +19,6 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
 ];
-
-/// Why the proxy answered a request itself instead of forwarding it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
-    BadRequest,
-    MethodNotAllowed,
-    TokenUnavailable,
-    /// A web browser's request (`Origin`, `Sec-Fetch-Site`).
-    Browser,
-    /// Open mode, and a `Host` that is not one of the listener's own names.
-    ForeignHost,
-}
-
-impl Refusal {
-    const ALL: [Refusal; 5] = [
-        Refusal::BadRequest,
-        Refusal::MethodNotAllowed,
-        Refusal::TokenUnavailable,
-        Refusal::Browser,
-        Refusal::ForeignHost,
-    ];
-    fn label(self) -> &'static str {
-        match self {
-            Refusal::BadRequest => "bad_request",
-            Refusal::MethodNotAllowed => "method_not_allowed",
-            Refusal::TokenUnavailable => "token_unavailable",
-            Refusal::Browser => "browser",
-            Refusal::ForeignHost => "foreign_host",
-        }
-    }
-}
 
 /// A client's own counters, resolved once so a request touches only atomics.
 pub struct ClientMetrics {
@@ -76,42 +45,6 @@ impl ClientMetrics {
 
 /// The `client` label of requests that never got as far as naming a client.
 pub const NO_CLIENT: &str = "-";
-
-/// What went wrong between the proxy and Azure DevOps, or with the client mid-transfer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    Connect,
-    Timeout,
-    Reset,
-    ResponseBody,
-    ClientAborted,
-    Protocol,
-    /// Azure DevOps refused the service principal's token (401, or its sign-in answers).
-    TokenRefused,
-}
-
-impl UpstreamFailure {
-    const ALL: [UpstreamFailure; 7] = [
-        UpstreamFailure::Connect,
-        UpstreamFailure::Timeout,
-        UpstreamFailure::Reset,
-        UpstreamFailure::ResponseBody,
-        UpstreamFailure::ClientAborted,
-        UpstreamFailure::Protocol,
-        UpstreamFailure::TokenRefused,
-    ];
-    pub fn label(self) -> &'static str {
-        match self {
-            UpstreamFailure::Connect => "connect",
-            UpstreamFailure::Timeout => "timeout",
-            UpstreamFailure::Reset => "reset",
-            UpstreamFailure::ResponseBody => "response_body",
-            UpstreamFailure::ClientAborted => "client_aborted",
-            UpstreamFailure::Protocol => "protocol",
-            UpstreamFailure::TokenRefused => "token_refused",
-        }
-    }
-}
 
 pub struct Metrics {
     registry: Registry,

@@ -16,10 +16,10 @@ use hyper::body::Incoming;
 use crate::allow::Segments;
 use crate::auth::{Authenticator, Client};
 use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
-use crate::error::Rejection;
+use crate::error::{Rejection, UpstreamFailure};
 use crate::forward::Upstream;
 use crate::headers;
-use crate::metrics::{Metrics, UpstreamFailure};
+use crate::metrics::Metrics;
 use crate::target;
 use crate::token::TokenCache;
 

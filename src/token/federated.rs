@@ -7,8 +7,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::http_client::{describe_reqwest_error, read_capped};
-use super::source::FetchError;
+use super::endpoint::{FetchError, describe_reqwest_error, read_capped};
 use crate::config::FederatedSource;
 
 pub(super) async fn federated_token(

@@ -2,8 +2,7 @@
 //! the VM, node or app, with no credential of ours. Two protocols: Azure IMDS, and App Service /
 //! Container Apps (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`).
 
-use super::http_client;
-use super::source::{FetchError, IssuedToken, parse_token, refusal};
+use super::endpoint::{self, FetchError, IssuedToken, parse_token, refusal};
 use crate::config::{ManagedIdentity, ManagedProtocol};
 
 const IMDS_API_VERSION: &str = "2018-02-01";
@@ -38,7 +37,7 @@ pub(super) async fn fetch(
     if let Some(client_id) = &identity.client_id {
         query.push(("client_id", client_id));
     }
-    let answer = http_client::send(request.query(&query)).await?;
+    let answer = endpoint::send(request.query(&query)).await?;
     let status = answer.status.as_u16();
     match status {
         200..=299 => parse_token(&answer.body, answer.requested_at),

@@ -5,8 +5,8 @@
 //! the monotonic clock, less a safety margin).
 
 mod assertion;
+pub mod endpoint;
 mod federated;
-pub mod http_client;
 mod managed;
 mod source;
 
@@ -18,7 +18,8 @@ use http::HeaderValue;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
-pub use source::{FetchError, IssuedToken, REFRESH_RESULTS, TokenSource};
+pub use endpoint::{FetchError, IssuedToken, REFRESH_RESULTS};
+pub use source::TokenSource;
 
 /// Renew at the latest this long before expiry, as the Azure SDKs do.
 const REFRESH_BEFORE_EXPIRY: Duration = Duration::from_secs(5 * 60);
