@@ -321,7 +321,15 @@ mod tests {
         let unavailable = Rejection::TokenUnavailable {
             retry_after: Duration::from_secs(5),
         };
-        let table: Vec<(Rejection, u16, &str, Option<&str>, Option<&str>)> = vec![
+        // (answer, status, code, refusal label, upstream failure label)
+        type Row = (
+            Rejection,
+            u16,
+            &'static str,
+            Option<&'static str>,
+            Option<&'static str>,
+        );
+        let table: Vec<Row> = vec![
             (
                 Rejection::BadRequest("bad"),
                 400,
