@@ -5,7 +5,7 @@
 
 use std::hint::black_box;
 
-use ado_auth_proxy::allow::{Allowlist, Rule, Segments};
+use ado_auth_proxy::policy::{Allowlist, Rule, Segments};
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
 

@@ -17,8 +17,8 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 
-use crate::allow::{Allowlist, Rule};
 use crate::keys;
+use crate::policy::{Allowlist, Rule};
 use crate::secret::Secret;
 
 /// Azure DevOps' application id; `.default` asks for the permissions granted to the principal.

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ado_auth_proxy::config::Config;
-use ado_auth_proxy::log_format::LineFormat;
-use ado_auth_proxy::log_writer::{BatchedStderr, FlushGuard};
-use ado_auth_proxy::{App, audit, keys};
+use ado_auth_proxy::telemetry::audit;
+use ado_auth_proxy::telemetry::log_format::LineFormat;
+use ado_auth_proxy::telemetry::log_writer::{BatchedStderr, FlushGuard};
+use ado_auth_proxy::{App, keys};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -17,7 +17,7 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::{Notify, watch};
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 pub use endpoint::{FetchError, IssuedToken, REFRESH_RESULTS};
 pub use source::TokenSource;
 

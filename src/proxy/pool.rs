@@ -19,7 +19,7 @@ use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
-use crate::body::UploadBody;
+use crate::proxy::body::UploadBody;
 
 pub type ConnectError = Box<dyn std::error::Error + Send + Sync>;
 

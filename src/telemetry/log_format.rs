@@ -33,7 +33,10 @@ impl Key {
 /// A [`Key`] for a field name made of letters, digits and `_` (nothing to escape in JSON).
 macro_rules! key {
     ($name:literal) => {
-        $crate::log_format::Key::new(concat!(" ", $name, "="), concat!(",\"", $name, "\":"))
+        $crate::telemetry::log_format::Key::new(
+            concat!(" ", $name, "="),
+            concat!(",\"", $name, "\":"),
+        )
     };
 }
 pub(crate) use key;

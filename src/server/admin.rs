@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
 
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use crate::token::TokenCache;
 
 pub struct Admin {

@@ -10,7 +10,7 @@ use std::fmt;
 
 use http::Method;
 
-use crate::log_format::Rendered;
+use crate::telemetry::log_format::Rendered;
 
 /// Deeper paths are refused; Azure DevOps URLs have a dozen segments at most.
 pub const MAX_SEGMENTS: usize = 32;

@@ -6,6 +6,10 @@
 //! it is accepted. HTTP/1.1 only on the client side: git, curl, the SDKs and package managers
 //! speak it to a plain `http://` proxy, and hyper's HTTP/1 builder can cap header size itself.
 
+pub mod admin;
+pub mod drain;
+pub mod timer;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -119,7 +123,7 @@ pub async fn serve_dealt<H: Handler>(
     options: ServeOptions,
     handler: H,
 ) {
-    let server = ConnectionServer::new(&options, crate::timer::WorkerTimer);
+    let server = ConnectionServer::new(&options, crate::server::timer::WorkerTimer);
     while let Some(Accepted { stream, slot }) = connections.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => server.spawn(stream, slot, handler.clone()),
@@ -147,7 +151,7 @@ pub async fn serve<H: Handler>(
 
 struct ConnectionServer {
     builder: http1::Builder,
-    drain: crate::drain::Drain,
+    drain: crate::server::drain::Drain,
 }
 
 impl ConnectionServer {
@@ -164,7 +168,7 @@ impl ConnectionServer {
             .keep_alive(true);
         Self {
             builder,
-            drain: crate::drain::Drain::new(),
+            drain: crate::server::drain::Drain::new(),
         }
     }
 

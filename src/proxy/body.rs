@@ -19,11 +19,11 @@ use http::{HeaderValue, Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::audit::{self, AuditLine};
-use crate::auth::Client;
 use crate::error::UpstreamFailure;
-use crate::log_format::Rendered;
-use crate::metrics::{Metrics, NO_CLIENT};
+use crate::proxy::authenticate::Client;
+use crate::telemetry::audit::{self, AuditLine};
+use crate::telemetry::log_format::Rendered;
+use crate::telemetry::metrics::{Metrics, NO_CLIENT};
 
 static NO_CLIENT_AUDIT_NAME: LazyLock<Rendered> = LazyLock::new(|| Rendered::new(NO_CLIENT));
 

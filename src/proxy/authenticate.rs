@@ -2,17 +2,17 @@
 //! against every configured key hash; or, in open mode, anyone on this machine who is not a web
 //! page. Keys are never kept, logged or echoed; only their hashes are compared.
 
-use crate::log_format::Rendered;
+use crate::telemetry::log_format::Rendered;
 use std::sync::Arc;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
-use crate::allow::Allowlist;
 use crate::error::{Rejection, Unauthenticated};
 use crate::keys;
-use crate::metrics::ClientMetrics;
+use crate::policy::Allowlist;
+use crate::telemetry::metrics::ClientMetrics;
 use crate::token::TokenCache;
 
 /// Longer `Authorization` values are not keys (a key is 47 characters); refusing them bounds the

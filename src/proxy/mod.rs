@@ -3,6 +3,13 @@
 //! stream the response back. Each step either passes the request on or returns a [`Rejection`];
 //! nothing here waits on Entra ID.
 
+pub mod authenticate;
+pub mod body;
+pub mod headers;
+pub mod pool;
+pub mod target;
+pub mod upstream;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,14 +20,12 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use crate::allow::Segments;
-use crate::auth::{Authenticator, Client};
-use crate::body::{Exchange, RequestIds, ResponseBody, UploadBody};
+use self::authenticate::{Authenticator, Client};
+use self::body::{Exchange, RequestIds, ResponseBody, UploadBody};
+use self::upstream::Upstream;
 use crate::error::{Rejection, UpstreamFailure};
-use crate::forward::Upstream;
-use crate::headers;
-use crate::metrics::Metrics;
-use crate::target;
+use crate::policy::Segments;
+use crate::telemetry::metrics::Metrics;
 use crate::token::TokenCache;
 
 /// How long a request whose token Azure DevOps refused waits for a renewed one.
@@ -271,7 +276,7 @@ impl Proxy {
         if token.bearer().is_none() {
             return Err(unavailable(token));
         }
-        let data = crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
+        let data = crate::server::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
             .await
             .map_err(|_| Rejection::BodyTimeout)?
             .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?

@@ -13,10 +13,10 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::body::{ClientBodyError, UploadBody};
 use crate::config;
 use crate::error::{UpstreamFailure, describe};
-use crate::pool::{Pool, Sender};
+use crate::proxy::body::{ClientBodyError, UploadBody};
+use crate::proxy::pool::{Pool, Sender};
 
 pub struct Upstream {
     pool: Pool,
@@ -92,7 +92,7 @@ impl Upstream {
         sent_at: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let exchange = self.exchange(slot, sent_at);
-        match crate::timer::timeout_from(sent_at, self.response_timeout, exchange).await {
+        match crate::server::timer::timeout_from(sent_at, self.response_timeout, exchange).await {
             Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
         }

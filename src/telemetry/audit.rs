@@ -14,8 +14,8 @@ use std::sync::OnceLock;
 
 use tracing::Level;
 
-use crate::log_format::{LineFormat, Rendered, key};
-use crate::log_writer::BatchedStderr;
+use crate::telemetry::log_format::{LineFormat, Rendered, key};
+use crate::telemetry::log_writer::BatchedStderr;
 
 pub const TARGET: &str = "audit";
 
