@@ -34,4 +34,5 @@ pub mod telemetry;
 pub mod tls;
 pub mod token;
 
-pub use app::{App, OPEN_CLIENT, StartError};
+pub use app::{App, StartError};
+pub use proxy::snapshot::OPEN_CLIENT;

@@ -10,8 +10,6 @@ use std::fmt;
 
 use http::Method;
 
-use crate::telemetry::log_format::Rendered;
-
 /// Deeper paths are refused; Azure DevOps URLs have a dozen segments at most.
 pub const MAX_SEGMENTS: usize = 32;
 
@@ -433,12 +431,13 @@ impl Methods {
     }
 }
 
-/// One allowlist entry: methods and a path pattern, with its text for audit lines.
+/// One allowlist entry: methods and a path pattern, and the text it was written as (how audit
+/// lines name it).
 #[derive(Debug, Clone)]
 pub struct Rule {
     methods: Methods,
     pattern: Pattern,
-    description: Rendered,
+    text: Box<str>,
 }
 
 impl Rule {
@@ -446,13 +445,15 @@ impl Rule {
         Ok(Rule {
             methods: Methods::compile(methods)?,
             pattern: Pattern::compile(path)?,
-            description: Rendered::new(&format!("{} {path}", methods.join(","))),
+            text: format!("{} {path}", methods.join(",")).into(),
         })
     }
+}
 
-    /// `METHODS path`, ready for the audit line.
-    pub fn description(&self) -> &Rendered {
-        &self.description
+/// `METHODS path`, as configured.
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 
@@ -534,8 +535,8 @@ impl Allowlist {
         }
     }
 
-    pub fn rule(&self, index: usize) -> Option<&Rule> {
-        self.rules.get(index)
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// Judges a request: a git push preflight as the push it announces, anything else as itself.

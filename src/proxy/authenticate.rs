@@ -2,18 +2,12 @@
 //! against every configured key hash; or, in open mode, anyone on this machine who is not a web
 //! page. Keys are never kept, logged or echoed; only their hashes are compared.
 
-use crate::telemetry::log_format::Rendered;
-use std::sync::Arc;
-
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::{Rejection, Unauthenticated};
 use crate::keys;
-use crate::policy::Allowlist;
-use crate::telemetry::metrics::ClientMetrics;
-use crate::token::TokenCache;
 
 /// Longer `Authorization` values are not keys (a key is 47 characters); refusing them bounds the
 /// work an anonymous caller can cause.
@@ -23,73 +17,35 @@ const MAX_AUTHORIZATION_BYTES: usize = 1024;
 static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
 const MAX_KEY_BYTES: usize = 256;
 
-/// A configured client, with everything the request path needs about it.
-pub struct Client {
-    pub name: Arc<str>,
-    /// `name` as audit lines write it.
-    pub audit_name: Rendered,
-    pub allow: Allowlist,
-    pub token: Arc<TokenCache>,
-    pub metrics: ClientMetrics,
+/// Who a request may come from, as configured.
+pub enum Inbound {
+    /// The SHA-256 of each client's key, in the order of the snapshot's clients.
+    Keys { key_hashes: Box<[[u8; 32]]> },
+    /// No key: every local caller acts as the one open-mode client, but only with one of the
+    /// listener's own host names, so a DNS-rebinding web page cannot reach it.
+    Open { hosts: Box<[HeaderValue]> },
 }
 
-impl Client {
-    pub fn new(
-        name: &str,
-        allow: Allowlist,
-        token: Arc<TokenCache>,
-        metrics: ClientMetrics,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            audit_name: Rendered::new(name),
-            allow,
-            token,
-            metrics,
-        }
-    }
-}
-
-pub enum Mode {
-    /// Each client with the SHA-256 of its key.
-    Keys {
-        clients: Box<[([u8; 32], Arc<Client>)]>,
-    },
-    /// No key: every local caller acts as `client`, but only with one of the listener's own host
-    /// names, so a DNS-rebinding web page cannot reach it.
-    Open {
-        client: Arc<Client>,
-        hosts: Box<[HeaderValue]>,
-    },
-}
-
-pub struct Authenticator {
-    mode: Mode,
-}
-
-impl Authenticator {
-    pub fn new(mode: Mode) -> Self {
-        Self { mode }
-    }
-
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Client>, Rejection> {
+impl Inbound {
+    /// The index of the calling client among the snapshot's clients.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<usize, Rejection> {
         // Browsers mark cross-site and page-initiated requests; git, curl and the SDKs send
         // neither header. Refused in both modes: a browser may hold a key typed into its prompt.
         if from_browser(headers) {
             return Err(Rejection::BrowserRequest);
         }
-        match &self.mode {
-            Mode::Keys { clients } => {
-                find_client(clients, headers).map_err(Rejection::Unauthenticated)
+        match self {
+            Inbound::Keys { key_hashes } => {
+                find_client(key_hashes, headers).map_err(Rejection::Unauthenticated)
             }
-            Mode::Open { client, hosts } => {
+            Inbound::Open { hosts } => {
                 let host = headers.get(header::HOST);
                 if host.is_some_and(|host| {
                     hosts
                         .iter()
                         .any(|own| own.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
                 }) {
-                    Ok(client.clone())
+                    Ok(0)
                 } else {
                     Err(Rejection::ForeignHost)
                 }
@@ -106,10 +62,7 @@ fn from_browser(headers: &HeaderMap) -> bool {
     })
 }
 
-fn find_client(
-    clients: &[([u8; 32], Arc<Client>)],
-    headers: &HeaderMap,
-) -> Result<Arc<Client>, Unauthenticated> {
+fn find_client(key_hashes: &[[u8; 32]], headers: &HeaderMap) -> Result<usize, Unauthenticated> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(Unauthenticated::Missing)?;
     if values.next().is_some() || value.len() > MAX_AUTHORIZATION_BYTES {
@@ -119,14 +72,16 @@ fn find_client(
         with_presented_key(value.as_bytes(), keys::sha256).ok_or(Unauthenticated::Malformed)?;
     // One full pass over every client, whatever matches, with constant-time comparisons.
     let mut found = u32::MAX;
-    for (index, (key_sha256, _)) in clients.iter().enumerate() {
+    for (index, key_sha256) in key_hashes.iter().enumerate() {
         let index = u32::try_from(index).unwrap_or(u32::MAX);
         found = u32::conditional_select(&found, &index, key_sha256.ct_eq(&hash));
     }
-    clients
-        .get(found as usize)
-        .map(|(_, client)| client.clone())
-        .ok_or(Unauthenticated::Unknown)
+    let found = found as usize;
+    if found < key_hashes.len() {
+        Ok(found)
+    } else {
+        Err(Unauthenticated::Unknown)
+    }
 }
 
 /// Finds the key in an `Authorization` value and hands it to `use_key`; the decoded credentials

@@ -5,8 +5,10 @@
 
 pub mod authenticate;
 pub mod body;
+pub mod exchange;
 pub mod headers;
 pub mod pool;
+pub mod snapshot;
 pub mod target;
 pub mod upstream;
 
@@ -20,8 +22,9 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
-use self::authenticate::{Authenticator, Client};
-use self::body::{Exchange, RequestIds, ResponseBody, UploadBody};
+use self::body::{ResponseBody, UploadBody};
+use self::exchange::{Exchange, RequestIds};
+use self::snapshot::{SharedSnapshot, Snapshot};
 use self::upstream::Upstream;
 use crate::error::{Rejection, UpstreamFailure};
 use crate::policy::Segments;
@@ -98,9 +101,33 @@ fn unavailable(token: &TokenCache) -> Rejection {
     }
 }
 
+/// Who is calling (an index into the snapshot's clients) and which of their rules admits the
+/// call.
+struct Admitted {
+    client: usize,
+    rule: usize,
+}
+
+/// Why a request is answered by the proxy itself, and the client when it was known by then (a
+/// 403 names its client in the audit line and metrics).
+struct Refused {
+    client: Option<usize>,
+    rejection: Rejection,
+}
+
+impl From<Rejection> for Refused {
+    fn from(rejection: Rejection) -> Self {
+        Self {
+            client: None,
+            rejection,
+        }
+    }
+}
+
 /// A request admitted and rewritten for Azure DevOps.
 struct Outgoing {
-    client: Arc<Client>,
+    /// The calling client's identity's token cache.
+    token: Arc<TokenCache>,
     /// The token it carries, to tell Entra ID which one Azure DevOps refused.
     bearer: HeaderValue,
     /// Taken by the connection that sends it; put back if none did.
@@ -109,13 +136,12 @@ struct Outgoing {
 }
 
 /// Where a request stands before anything is awaited.
-// `Ready` is the common case: boxing it would cost every request an allocation and a copy
-// (measured: 80 instructions more per GET than the larger future costs in moves).
+// Not boxed: `Ready` is the common case, and a box would cost every request an allocation.
 #[allow(clippy::large_enum_variant)]
 enum Start {
     Ready(Outgoing),
     /// A small body is to be read whole (for a replay) before the request can go.
-    ReadBody(Option<(Arc<Client>, http::request::Parts, Incoming)>),
+    ReadBody(Option<(Arc<TokenCache>, http::request::Parts, Incoming)>),
     Rejected(Option<Rejection>),
 }
 
@@ -128,9 +154,11 @@ static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-i
 static RATE_LIMIT_REMAINING: http::HeaderName =
     http::HeaderName::from_static("x-ratelimit-remaining");
 
+/// One worker's request path: its own upstream connections, and the configuration every worker
+/// reads.
 pub struct Proxy {
     upstream: Upstream,
-    auth: Arc<Authenticator>,
+    snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
     request_ids: Arc<RequestIds>,
 }
@@ -138,13 +166,13 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(
         upstream: Upstream,
-        auth: Arc<Authenticator>,
+        snapshot: SharedSnapshot,
         metrics: Arc<Metrics>,
         request_ids: Arc<RequestIds>,
     ) -> Self {
         Self {
             upstream,
-            auth,
+            snapshot,
             metrics,
             request_ids,
         }
@@ -161,11 +189,23 @@ impl Proxy {
         // per request; a pointer moves cheaper than the record.
         let mut exchange = Box::new(Exchange::begin(
             self.metrics.clone(),
+            // The one read of the configuration: this request is judged by it to its end.
+            self.snapshot.load_full(),
             self.request_ids.next(),
             request.method().clone(),
             request.uri().clone(),
         ));
-        let mut start = self.start(request, &mut exchange);
+        let mut start = match admit(exchange.snapshot(), &request) {
+            Ok(Admitted { client, rule }) => {
+                exchange.record_admission(Some(client), Some(rule));
+                let token = exchange.snapshot().clients[client].token.clone();
+                self.start(token, request, &mut exchange)
+            }
+            Err(Refused { client, rejection }) => {
+                exchange.record_admission(client, None);
+                Start::Rejected(Some(rejection))
+            }
+        };
         async move {
             // Matched in place, not by value: a binding by value would be a second copy of the
             // request in the future. The `Option`s are taken once (this block runs once), so
@@ -174,8 +214,8 @@ impl Proxy {
                 Start::Ready(outgoing) => self.forward(outgoing, &mut exchange).await,
                 Start::ReadBody(pending) => match pending.take() {
                     // Boxed: most requests have no body to read first.
-                    Some((client, parts, body)) => {
-                        Box::pin(self.forward_with_body(client, parts, body, &mut exchange)).await
+                    Some((token, parts, body)) => {
+                        Box::pin(self.forward_with_body(token, parts, body, &mut exchange)).await
                     }
                     None => Err(Rejection::BodyTimeout),
                 },
@@ -200,6 +240,9 @@ impl Proxy {
             }
             Err(rejection) => {
                 self.count_rejection(&rejection);
+                if let Rejection::Forbidden { .. } = rejection {
+                    exchange.count_denied();
+                }
                 let status = rejection.status().as_u16();
                 rejection
                     .to_response(request_id.to_str().unwrap_or_default())
@@ -212,19 +255,19 @@ impl Proxy {
         response
     }
 
-    /// Admits the request and, unless a small body must be read first, rewrites it for Azure
-    /// DevOps.
-    fn start(&self, request: Request<Incoming>, exchange: &mut Exchange) -> Start {
-        let client = match self.admit(&request, exchange) {
-            Ok(client) => client,
-            Err(rejection) => return Start::Rejected(Some(rejection)),
-        };
+    /// Unless a small body must be read first, rewrites an admitted request for Azure DevOps.
+    fn start(
+        &self,
+        token: Arc<TokenCache>,
+        request: Request<Incoming>,
+        exchange: &mut Exchange,
+    ) -> Start {
         let (parts, body) = request.into_parts();
         let body = match self.classify_upload(body, exchange) {
             Upload::Ready(body) => body,
-            Upload::ReadWhole(body) => return Start::ReadBody(Some((client, parts, body))),
+            Upload::ReadWhole(body) => return Start::ReadBody(Some((token, parts, body))),
         };
-        match self.outgoing(client, parts, body) {
+        match self.outgoing(token, parts, body) {
             Ok(outgoing) => Start::Ready(outgoing),
             Err(rejection) => Start::Rejected(Some(rejection)),
         }
@@ -234,12 +277,11 @@ impl Proxy {
     /// body is kept.
     fn outgoing(
         &self,
-        client: Arc<Client>,
+        token: Arc<TokenCache>,
         mut parts: http::request::Parts,
         body: UploadBody,
     ) -> Result<Outgoing, Rejection> {
-        let token = &client.token;
-        let bearer = token.bearer().ok_or_else(|| unavailable(token))?;
+        let bearer = token.bearer().ok_or_else(|| unavailable(&token))?;
         headers::prepare_request(
             &mut parts.headers,
             self.upstream.host_header(),
@@ -255,7 +297,7 @@ impl Proxy {
             UploadBody::Streaming { .. } => None,
         };
         Ok(Outgoing {
-            client,
+            token,
             bearer,
             request: Some(Request::from_parts(parts, body)),
             replay,
@@ -265,16 +307,15 @@ impl Proxy {
     /// Reads a small body whole, then forwards the request with it.
     async fn forward_with_body(
         &self,
-        client: Arc<Client>,
+        token: Arc<TokenCache>,
         parts: http::request::Parts,
         body: Incoming,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
         // A slow small body must not outlive the token it would be sent with: the token is
         // checked before reading and taken after.
-        let token = &client.token;
         if token.bearer().is_none() {
-            return Err(unavailable(token));
+            return Err(unavailable(&token));
         }
         let data = crate::server::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
             .await
@@ -284,7 +325,7 @@ impl Proxy {
         let length = data.len() as u64;
         exchange.add_kept_upload(length);
         self.metrics.request_bytes.inc_by(length);
-        let mut outgoing = self.outgoing(client, parts, UploadBody::kept(data))?;
+        let mut outgoing = self.outgoing(token, parts, UploadBody::kept(data))?;
         self.forward(&mut outgoing, exchange).await
     }
 
@@ -296,7 +337,7 @@ impl Proxy {
         let mut response = self
             .send(&mut outgoing.request, exchange, outgoing.replay.as_ref())
             .await?;
-        let token = &outgoing.client.token;
+        let token = &outgoing.token;
         if token_refused(&response) {
             let status = response.status();
             // Not read: its connection is closed rather than held while a new token comes.
@@ -318,33 +359,6 @@ impl Proxy {
         self.observe_rate_limits(token.identity(), &response);
         headers::prepare_response(response.headers_mut());
         Ok(response)
-    }
-
-    /// Who is calling, and whether their rules allow this call. Not async: the parsed path
-    /// (kept on the stack) must not become part of every request's future.
-    fn admit(
-        &self,
-        request: &Request<Incoming>,
-        exchange: &mut Exchange,
-    ) -> Result<Arc<Client>, Rejection> {
-        target::check(request)?;
-        let client = self.auth.authenticate(request.headers())?;
-        exchange.set_client(client.clone());
-        let uri = request.uri();
-        let path = Segments::parse(uri.path()).map_err(|e| Rejection::BadRequest(e.message()))?;
-        let rule = client
-            .allow
-            .judge(request.method(), &path, uri.query())
-            .ok_or_else(|| {
-                client.metrics.denied.inc();
-                Rejection::Forbidden {
-                    client: client.name.clone(),
-                    method: request.method().clone(),
-                    path: uri.path().to_string(),
-                }
-            })?;
-        exchange.set_rule(rule);
-        Ok(client)
     }
 
     /// A small body (by its declared length) is read whole so the request can be replayed;
@@ -471,4 +485,30 @@ impl Proxy {
                 .set_rate_limit_remaining(identity, remaining as i64);
         }
     }
+}
+
+/// Who is calling, and which of their rules allows this call. Not async, and before the request's
+/// future exists: the parsed path (kept on the stack) must not become part of every request's
+/// future.
+fn admit(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<Admitted, Refused> {
+    target::check(request)?;
+    let client = snapshot.inbound.authenticate(request.headers())?;
+    let refused = |rejection| Refused {
+        client: Some(client),
+        rejection,
+    };
+    let allow = &snapshot.clients[client].allow;
+    let uri = request.uri();
+    let path =
+        Segments::parse(uri.path()).map_err(|e| refused(Rejection::BadRequest(e.message())))?;
+    let rule = allow
+        .judge(request.method(), &path, uri.query())
+        .ok_or_else(|| {
+            refused(Rejection::Forbidden {
+                client: snapshot.clients[client].name.clone(),
+                method: request.method().clone(),
+                path: uri.path().to_string(),
+            })
+        })?;
+    Ok(Admitted { client, rule })
 }

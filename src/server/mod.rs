@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod drain;
 pub mod timer;
+pub mod worker;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -504,6 +504,10 @@ async fn devops_upload_counts_bytes_while_they_stream() {
 }
 
 async fn git(home: &Path, cwd: &Path, args: &[&str]) -> Output {
+    git_with_env(home, cwd, args, &[]).await
+}
+
+async fn git_with_env(home: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     tokio::process::Command::new("git")
         .args([
             "-c",
@@ -518,6 +522,7 @@ async fn git(home: &Path, cwd: &Path, args: &[&str]) -> Output {
         .env("GIT_TERMINAL_PROMPT", "0")
         .env_remove("GIT_ASKPASS")
         .env_remove("SSH_ASKPASS")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("run git")
@@ -568,16 +573,25 @@ async fn git_clone_and_push_against_fake_devops() {
     assert_eq!(log, "add blob\nInitial commit\n");
 
     // Enough local-only commits that the fetch negotiation exceeds 1 KiB of "have" lines, which
-    // git sends gzip-compressed (Content-Encoding: gzip) for http-backend to inflate.
+    // git sends gzip-compressed (Content-Encoding: gzip) for http-backend to inflate. Dated
+    // after everything else: git offers the newest commits first, and one in the same second as
+    // the common commit could be offered after it, ending the negotiation in its first round.
     let two = work.join("two");
     for i in 0..40 {
         let message = format!("local {i}");
-        git_ok(
+        let date = format!("@{} +0000", 4_000_000_000u64 + i);
+        let out = git_with_env(
             home,
             &two,
             &["commit", "-q", "--allow-empty", "-m", &message],
+            &[("GIT_COMMITTER_DATE", &date), ("GIT_AUTHOR_DATE", &date)],
         )
         .await;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     git_ok(
         home,

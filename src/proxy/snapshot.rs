@@ -1,0 +1,110 @@
+//! Everything a request reads from configuration (the clients, how they are recognised, their
+//! rules and the identity each acts as), as one immutable value behind one atomic pointer. A
+//! request loads it once and keeps it to its end; a reload builds a new one in full and swaps the
+//! pointer, so no request ever sees half of two configurations.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+
+use super::authenticate::Inbound;
+use crate::config::{Config, DEFAULT_IDENTITY, InboundMode};
+use crate::policy::Allowlist;
+use crate::telemetry::ClientTelemetry;
+use crate::telemetry::metrics::Metrics;
+use crate::token::TokenCache;
+
+/// The client name open-mode requests are logged and counted under.
+pub const OPEN_CLIENT: &str = "open";
+
+/// The pointer every worker reads and a reload swaps.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub struct Snapshot {
+    pub inbound: Inbound,
+    /// Indexed by what [`Inbound::authenticate`] returns.
+    pub clients: Box<[Client]>,
+    /// How telemetry names and counts each client, at the same index.
+    pub telemetry: Box<[ClientTelemetry]>,
+}
+
+/// A configured client: what it may do and whose token it sends.
+pub struct Client {
+    pub name: Arc<str>,
+    pub allow: Allowlist,
+    pub token: Arc<TokenCache>,
+}
+
+impl Snapshot {
+    /// `listener`: the proxy listener's bound address, whose names open mode accepts in `Host`.
+    /// `token_of`: the cache of a configured identity.
+    pub fn build(
+        config: &Config,
+        listener: SocketAddr,
+        metrics: &Metrics,
+        token_of: impl Fn(&str) -> Option<Arc<TokenCache>>,
+    ) -> Result<Snapshot, String> {
+        // Validation guarantees every named identity exists; a cache without a refresher would
+        // only ever answer 503.
+        let token = |identity: &str| {
+            token_of(identity).ok_or_else(|| format!("identity `{identity}` is not configured"))
+        };
+        let (inbound, clients) = match &config.inbound.mode {
+            InboundMode::Keys => {
+                let mut key_hashes = Vec::with_capacity(config.clients.len());
+                let mut clients = Vec::with_capacity(config.clients.len());
+                for client in &config.clients {
+                    key_hashes.push(client.key_sha256);
+                    clients.push(Client {
+                        name: client.name.as_str().into(),
+                        allow: client.allow.clone(),
+                        token: token(&client.identity)?,
+                    });
+                }
+                let key_hashes = key_hashes.into_boxed_slice();
+                (Inbound::Keys { key_hashes }, clients)
+            }
+            InboundMode::Open { allow } => {
+                let hosts = own_host_names(listener, &config.inbound.allowed_hosts);
+                let client = Client {
+                    name: OPEN_CLIENT.into(),
+                    allow: allow.clone(),
+                    token: token(DEFAULT_IDENTITY)?,
+                };
+                (Inbound::Open { hosts }, vec![client])
+            }
+        };
+        let telemetry = clients
+            .iter()
+            .map(|client| ClientTelemetry::new(metrics, &client.name, client.allow.rules()))
+            .collect();
+        Ok(Snapshot {
+            inbound,
+            clients: clients.into_boxed_slice(),
+            telemetry,
+        })
+    }
+}
+
+/// The `Host` values that name the listener itself: its address, and the loopback names with its
+/// port when it listens on loopback or on every address, plus what the operator added.
+fn own_host_names(bound: SocketAddr, extra: &[String]) -> Box<[HeaderValue]> {
+    let port = bound.port();
+    let mut names = vec![bound.to_string()];
+    if bound.ip().is_loopback() || bound.ip().is_unspecified() {
+        names.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .filter_map(|name| HeaderValue::try_from(name).ok())
+        .collect()
+}
