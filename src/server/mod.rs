@@ -7,8 +7,6 @@
 //! speak it to a plain `http://` proxy, and hyper's HTTP/1 builder can cap header size itself.
 
 pub mod admin;
-pub mod drain;
-pub mod timer;
 pub mod worker;
 
 use std::convert::Infallible;
@@ -22,6 +20,7 @@ use http::{Request, Response};
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
@@ -124,7 +123,7 @@ pub async fn serve_dealt<H: Handler>(
     options: ServeOptions,
     handler: H,
 ) {
-    let server = ConnectionServer::new(&options, crate::server::timer::WorkerTimer);
+    let server = ConnectionServer::new(&options);
     while let Some(Accepted { stream, slot }) = connections.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => server.spawn(stream, slot, handler.clone()),
@@ -142,7 +141,7 @@ pub async fn serve<H: Handler>(
     handler: H,
     shutdown: watch::Receiver<bool>,
 ) {
-    let server = ConnectionServer::new(&options, TokioTimer::new());
+    let server = ConnectionServer::new(&options);
     accept_loop(listener, max_connections, shutdown, |stream, slot| {
         server.spawn(stream, slot, handler.clone());
     })
@@ -152,29 +151,27 @@ pub async fn serve<H: Handler>(
 
 struct ConnectionServer {
     builder: http1::Builder,
-    drain: crate::server::drain::Drain,
+    graceful: GracefulShutdown,
 }
 
 impl ConnectionServer {
-    /// `timer` runs the header-read timeout: the worker's own deadlines (see `timer`) where
-    /// they are driven, tokio's elsewhere.
-    fn new(options: &ServeOptions, timer: impl hyper::rt::Timer + Send + Sync + 'static) -> Self {
+    fn new(options: &ServeOptions) -> Self {
         let mut builder = http1::Builder::new();
         // hyper enforces the header-read timeout only with a timer installed. It runs whenever
         // the connection waits for a request head, so it also closes idle keep-alive connections.
         builder
-            .timer(timer)
+            .timer(TokioTimer::new())
             .header_read_timeout(options.header_read_timeout)
             .max_header_size(options.max_header_bytes)
             .keep_alive(true);
         Self {
             builder,
-            drain: crate::server::drain::Drain::new(),
+            graceful: GracefulShutdown::new(),
         }
     }
 
     fn spawn<H: Handler>(&self, stream: TcpStream, slot: OwnedSemaphorePermit, handler: H) {
-        let connection = self.drain.watch(
+        let connection = self.graceful.watch(
             self.builder
                 .serve_connection(TokioIo::new(stream), Service(handler)),
         );
@@ -188,16 +185,19 @@ impl ConnectionServer {
         });
     }
 
-    async fn drain(self, grace: Duration) {
-        if tokio::time::timeout(grace, self.drain.drain())
+    /// Tells every connection to finish the request in flight and close, and waits until all
+    /// have, or until `grace` is over; true when all closed in time.
+    async fn drain(self, grace: Duration) -> bool {
+        let closed = tokio::time::timeout(grace, self.graceful.shutdown())
             .await
-            .is_err()
-        {
+            .is_ok();
+        if !closed {
             tracing::warn!(
                 grace_seconds = grace.as_secs(),
                 "grace period over; closing the connections still open"
             );
         }
+        closed
     }
 }
 
@@ -237,4 +237,84 @@ impl<F: Future> Future for Infallibly<F> {
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // A dropped sender also means stop.
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// A server on 127.0.0.1 with one connection; every answer waits `delay` first, and
+    /// `arrived` is notified when a request reaches the handler.
+    async fn serve_one(delay: Duration) -> (ConnectionServer, TcpStream, Arc<tokio::sync::Notify>) {
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let notify = arrived.clone();
+        let server = ConnectionServer::new(&ServeOptions {
+            header_read_timeout: PATIENCE * 3,
+            max_header_bytes: 16 * 1024,
+            shutdown_grace_period: PATIENCE,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (stream, _) = listener.accept().await.expect("accept");
+        let slot = Arc::new(Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .expect("slot");
+        server.spawn(stream, slot, move |_request| {
+            notify.notify_one();
+            async move {
+                tokio::time::sleep(delay).await;
+                Response::new(Full::new(Bytes::from("done")))
+            }
+        });
+        (server, client, arrived)
+    }
+
+    async fn read_to_end(client: &mut TcpStream) -> String {
+        let mut answer = Vec::new();
+        tokio::time::timeout(PATIENCE, client.read_to_end(&mut answer))
+            .await
+            .expect("the server closed the connection")
+            .expect("read");
+        String::from_utf8_lossy(&answer).into_owned()
+    }
+
+    #[tokio::test]
+    async fn an_idle_keep_alive_connection_is_closed_and_drain_returns() {
+        let (server, mut client, _) = serve_one(Duration::ZERO).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut head = [0u8; 12];
+        client.read_exact(&mut head).await.expect("answer");
+        assert_eq!(&head, b"HTTP/1.1 200");
+        // Idle now, waiting for a next request that never comes.
+        assert!(server.drain(PATIENCE).await, "the idle connection closed");
+        read_to_end(&mut client).await;
+    }
+
+    #[tokio::test]
+    async fn a_request_in_flight_is_answered_before_drain_returns() {
+        let (server, mut client, arrived) = serve_one(Duration::from_millis(300)).await;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        tokio::time::timeout(PATIENCE, arrived.notified())
+            .await
+            .expect("the request reached the handler");
+        assert!(server.drain(PATIENCE).await, "the connection closed");
+        let answer = read_to_end(&mut client).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("done"), "the whole answer: {answer}");
+    }
 }
