@@ -71,19 +71,32 @@ impl Config {
             figment = figment.merge(Toml::file(path));
         }
         figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(&["config"]));
-        Self::from_figment(&figment)
+        Self::from_figment(&figment, &Env::var)
     }
 
-    /// Loads from TOML text alone (tests, `check` of an inline config).
+    /// Loads from TOML text alone (tests, `check` of an inline config). In-memory configuration:
+    /// the process environment is not read, neither `ADO_AUTH_PROXY_*` nor the `AZURE_*`,
+    /// `IDENTITY_*` and GitHub Actions variables, so the result depends on `text` alone.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        Self::from_figment(&Figment::from(Toml::string(text)))
+        Self::from_toml_with_env(text, &|_| None)
     }
 
-    fn from_figment(figment: &Figment) -> Result<Config, ConfigError> {
+    /// [`Config::from_toml`] with the Azure and platform variables that `env` gives.
+    fn from_toml_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        Self::from_figment(&Figment::from(Toml::string(text)), env)
+    }
+
+    fn from_figment(
+        figment: &Figment,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
         let raw: RawConfig = figment
             .extract()
             .map_err(|e| ConfigError::Parse(describe_figment_error(e)))?;
-        Validator { figment }.validate(raw)
+        Validator { figment, env }.validate(raw)
     }
 }
 

@@ -185,6 +185,40 @@ fn missing_identity_fields_say_which_variable_fills_them() {
 }
 
 #[test]
+fn in_memory_configuration_does_not_read_the_process_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("ADO_AUTH_PROXY_LISTEN__ADDRESS", "127.0.0.1:7001");
+        jail.set_env("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/");
+        jail.set_env("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token");
+        jail.set_env("IDENTITY_HEADER", "header-secret-value");
+        let config = Config::from_toml(MINIMAL).expect("valid");
+        assert_eq!(config.listen.address.port(), 8080);
+        let Credential::App { app, .. } = &config.identities[0].credential else {
+            panic!("an app registration")
+        };
+        assert_eq!(app.authority, DEFAULT_AUTHORITY);
+        let config = Config::from_toml(
+            "[identities.default]\ncredential = { kind = \"managed_identity\" }\n",
+        )
+        .expect("a system-assigned managed identity");
+        let Credential::Managed(managed) = &config.identities[0].credential else {
+            panic!("managed identity")
+        };
+        assert_eq!(managed.endpoint, IMDS_ENDPOINT);
+
+        jail.set_env("AZURE_TENANT_ID", "t");
+        jail.set_env("AZURE_CLIENT_ID", "c");
+        jail.set_env("AZURE_CLIENT_SECRET", "from-the-environment");
+        let message = error_of("");
+        assert!(
+            message.contains("identities.default.credential"),
+            "{message}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
 fn environment_layers_over_file_and_azure_variables_fill_the_default_identity() {
     figment::Jail::expect_with(|jail| {
         jail.create_file(
@@ -274,7 +308,7 @@ fn a_named_managed_identity_uses_the_platform_endpoint_too() {
         jail.set_env("IDENTITY_ENDPOINT", "http://localhost:42356/msi/token");
         let toml = "[identities.vm]\ncredential = { kind = \"managed_identity\" }\n\
                     [inbound]\nmode = \"keys\"\n";
-        let message = Config::from_toml(toml)
+        let message = Config::from_toml_with_env(toml, &Env::var)
             .expect_err("an endpoint without its header")
             .to_string();
         assert!(
@@ -283,7 +317,8 @@ fn a_named_managed_identity_uses_the_platform_endpoint_too() {
         );
 
         jail.set_env("IDENTITY_HEADER", "header-secret-value");
-        let config = Config::from_toml(toml).expect("App Service managed identity");
+        let config =
+            Config::from_toml_with_env(toml, &Env::var).expect("App Service managed identity");
         let Credential::Managed(managed) = &config.identities[0].credential else {
             panic!("managed identity")
         };

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Validator, non_empty_env};
+use super::Validator;
 use crate::config::raw::{RawCredential, RawIdentity};
 use crate::config::{
     AZURE_DEVOPS_SCOPE, AssertionAlgorithm, CertificateFiles, ConfigError, Credential,
@@ -42,7 +42,11 @@ impl Validator<'_> {
         let is_default = name == DEFAULT_IDENTITY;
         // The standard Azure variables describe one workload, so they fill the default identity only.
         let from_env = |var: &str| {
-            if is_default { non_empty_env(var) } else { None }
+            if is_default {
+                self.non_empty_env(var)
+            } else {
+                None
+            }
         };
         let key = |field: &str| format!("identities.{name}.{field}");
         let scope = raw.scope.unwrap_or_else(|| AZURE_DEVOPS_SCOPE.to_string());
@@ -333,10 +337,12 @@ impl Validator<'_> {
                          ACTIONS_ID_TOKEN_REQUEST_TOKEN; give the job `permissions: id-token: write`",
                     )
                 };
-                let request_url =
-                    non_empty_env("ACTIONS_ID_TOKEN_REQUEST_URL").ok_or_else(missing)?;
-                let request_token =
-                    non_empty_env("ACTIONS_ID_TOKEN_REQUEST_TOKEN").ok_or_else(missing)?;
+                let request_url = self
+                    .non_empty_env("ACTIONS_ID_TOKEN_REQUEST_URL")
+                    .ok_or_else(missing)?;
+                let request_token = self
+                    .non_empty_env("ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+                    .ok_or_else(missing)?;
                 self.http_url("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url)?;
                 Ok(FederatedSource::GitHubActions {
                     request_url,
@@ -361,11 +367,11 @@ impl Validator<'_> {
     ) -> Result<ManagedIdentity, ConfigError> {
         // App Service and Container Apps announce their endpoint to the whole container, so it
         // serves every managed identity; everything else has IMDS.
-        let platform_endpoint = non_empty_env("IDENTITY_ENDPOINT");
+        let platform_endpoint = self.non_empty_env("IDENTITY_ENDPOINT");
         let from_platform = endpoint.is_none() || endpoint == platform_endpoint;
         let identity_header = identity_header.or_else(|| {
             from_platform
-                .then(|| non_empty_env("IDENTITY_HEADER").map(Secret::new))
+                .then(|| self.non_empty_env("IDENTITY_HEADER").map(Secret::new))
                 .flatten()
         });
         let endpoint = match (endpoint, platform_endpoint) {

@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use figment::Figment;
-use figment::providers::Env;
 use http::uri::Uri;
 
 use crate::config::raw::RawConfig;
@@ -17,6 +16,10 @@ mod upstream;
 
 pub(super) struct Validator<'a> {
     pub(super) figment: &'a Figment,
+    /// Every read of the `AZURE_*`, `IDENTITY_*` and GitHub Actions variables goes through here, so
+    /// that in-memory configuration is validated without the process environment, which tests
+    /// under `figment::Jail` change concurrently.
+    pub(super) env: &'a dyn Fn(&str) -> Option<String>,
 }
 
 impl Validator<'_> {
@@ -128,11 +131,11 @@ impl Validator<'_> {
             ))
         }
     }
-}
 
-/// An environment variable, unless it is unset or empty (as the Azure SDKs treat them).
-fn non_empty_env(var: &str) -> Option<String> {
-    Env::var(var).filter(|v| !v.is_empty())
+    /// An environment variable, unless it is unset or empty (as the Azure SDKs treat them).
+    fn non_empty_env(&self, var: &str) -> Option<String> {
+        (self.env)(var).filter(|v| !v.is_empty())
+    }
 }
 
 pub fn is_loopback_host(host: &str) -> bool {
