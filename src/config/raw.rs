@@ -1,0 +1,196 @@
+//! The configuration as written by the operator: what figment deserializes before validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawConfig {
+    pub(super) listen: RawListen,
+    pub(super) admin: RawAdmin,
+    pub(super) upstream: RawUpstream,
+    pub(super) identities: BTreeMap<String, RawIdentity>,
+    pub(super) inbound: RawInbound,
+    pub(super) clients: Vec<RawClient>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawInbound {
+    pub(super) mode: RawMode,
+    pub(super) allow_open_on_non_loopback: bool,
+    pub(super) allowed_hosts: Vec<String>,
+    pub(super) allow: Vec<RawRule>,
+}
+
+#[derive(Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum RawMode {
+    #[default]
+    Keys,
+    Open,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClient {
+    pub(super) name: String,
+    pub(super) key_sha256: String,
+    #[serde(default)]
+    pub(super) identity: Option<String>,
+    #[serde(default)]
+    pub(super) allow: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRule {
+    pub(super) methods: Vec<String>,
+    pub(super) path: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawListen {
+    pub(super) address: String,
+    pub(super) header_read_timeout: DurationValue,
+    pub(super) max_header_bytes: usize,
+    pub(super) max_connections: usize,
+    pub(super) shutdown_grace_period: DurationValue,
+    /// 0: one per available CPU.
+    pub(super) workers: usize,
+}
+
+impl Default for RawListen {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:8080".into(),
+            header_read_timeout: DurationValue(Duration::from_secs(10)),
+            max_header_bytes: 64 * 1024,
+            max_connections: 4096,
+            shutdown_grace_period: DurationValue(Duration::from_secs(25)),
+            workers: 0,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAdmin {
+    pub(super) address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawUpstream {
+    pub(super) url: String,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) connect_timeout: DurationValue,
+    pub(super) response_timeout: DurationValue,
+    pub(super) pool_idle_timeout: DurationValue,
+    pub(super) max_replay_body_bytes: usize,
+}
+
+impl Default for RawUpstream {
+    fn default() -> Self {
+        Self {
+            url: "https://dev.azure.com".into(),
+            ca_file: None,
+            connect_timeout: DurationValue(Duration::from_secs(10)),
+            // Azure DevOps delays throttled requests by up to 30 s before it answers.
+            response_timeout: DurationValue(Duration::from_secs(120)),
+            pool_idle_timeout: DurationValue(Duration::from_secs(60)),
+            max_replay_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawIdentity {
+    pub(super) tenant_id: Option<String>,
+    pub(super) client_id: Option<String>,
+    pub(super) authority: Option<String>,
+    pub(super) scope: Option<String>,
+    pub(super) credential: Option<RawCredential>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum RawCredential {
+    ClientSecret {
+        #[serde(default)]
+        secret_file: Option<PathBuf>,
+        #[serde(default)]
+        secret: Option<Secret>,
+    },
+    ClientCertificate {
+        #[serde(default)]
+        certificate_file: Option<PathBuf>,
+        #[serde(default)]
+        private_key_file: Option<PathBuf>,
+        #[serde(default)]
+        send_x5c: bool,
+        #[serde(default)]
+        algorithm: Option<String>,
+    },
+    WorkloadIdentity {
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+        #[serde(default)]
+        source: Option<String>,
+        #[serde(default)]
+        audience: Option<String>,
+    },
+    ManagedIdentity {
+        #[serde(default)]
+        endpoint: Option<String>,
+        #[serde(default)]
+        identity_header: Option<Secret>,
+    },
+}
+
+/// `"30s"`, `"5m"`, `"500ms"`, or a plain number of seconds.
+pub(super) struct DurationValue(pub(super) Duration);
+
+impl<'de> Deserialize<'de> for DurationValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationValue;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"30s\", \"5m\", \"500ms\" or a number of seconds")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<DurationValue, E> {
+                Ok(DurationValue(Duration::from_secs(v)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationValue, E> {
+                u64::try_from(v)
+                    .map(|v| DurationValue(Duration::from_secs(v)))
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationValue, E> {
+                humantime::parse_duration(v)
+                    .map(DurationValue)
+                    .map_err(|e| {
+                        E::custom(format!("`{v}` is not a duration ({e}); write e.g. \"30s\""))
+                    })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}

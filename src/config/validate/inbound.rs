@@ -1,0 +1,119 @@
+use http::HeaderValue;
+
+use super::Validator;
+use crate::config::raw::{RawClient, RawInbound, RawMode, RawRule};
+use crate::config::{ClientConfig, ConfigError, DEFAULT_IDENTITY, Identity, Inbound, InboundMode};
+use crate::keys;
+use crate::policy::{Allowlist, Rule};
+
+impl Validator<'_> {
+    fn rules(&self, key: &str, raw: Vec<RawRule>) -> Result<Allowlist, ConfigError> {
+        let mut rules = Vec::with_capacity(raw.len());
+        for (index, rule) in raw.into_iter().enumerate() {
+            rules.push(
+                Rule::compile(&rule.methods, &rule.path)
+                    .map_err(|e| self.error(&format!("{key}[{index}]"), e.to_string()))?,
+            );
+        }
+        Ok(Allowlist::new(rules))
+    }
+
+    pub(super) fn inbound(&self, raw: RawInbound) -> Result<Inbound, ConfigError> {
+        let mode = match raw.mode {
+            RawMode::Keys => {
+                if !raw.allow.is_empty() {
+                    return Err(self.error(
+                        "inbound.allow",
+                        "applies to open mode only; in keys mode each client has its own allow list",
+                    ));
+                }
+                InboundMode::Keys
+            }
+            RawMode::Open => {
+                if raw.allow.is_empty() {
+                    return Err(self.error(
+                        "inbound.allow",
+                        "open mode needs its rules (deny by default); to allow every call write \
+                         allow = [{ methods = [\"*\"], path = \"/**\" }]",
+                    ));
+                }
+                InboundMode::Open {
+                    allow: self.rules("inbound.allow", raw.allow)?,
+                }
+            }
+        };
+        let mut allowed_hosts = Vec::with_capacity(raw.allowed_hosts.len());
+        for host in raw.allowed_hosts {
+            if host.is_empty() || HeaderValue::from_str(&host).is_err() || host.contains([' ', '/'])
+            {
+                return Err(self.error(
+                    "inbound.allowed_hosts",
+                    format!("`{host}` is not a host[:port] as a Host header carries it"),
+                ));
+            }
+            allowed_hosts.push(host.to_ascii_lowercase());
+        }
+        Ok(Inbound {
+            mode,
+            allowed_hosts,
+            open_beyond_loopback: raw.allow_open_on_non_loopback,
+        })
+    }
+
+    pub(super) fn clients(
+        &self,
+        raw: Vec<RawClient>,
+        identities: &[Identity],
+    ) -> Result<Vec<ClientConfig>, ConfigError> {
+        let mut clients: Vec<ClientConfig> = Vec::with_capacity(raw.len());
+        for (index, client) in raw.into_iter().enumerate() {
+            let key = |field: &str| format!("clients[{index}].{field}");
+            if !keys::valid_client_name(&client.name) {
+                return Err(self.error(
+                    &key("name"),
+                    "must be 1 to 64 letters, digits, '-', '_' or '.'",
+                ));
+            }
+            if clients.iter().any(|c| c.name == client.name) {
+                return Err(self.error(
+                    &key("name"),
+                    format!("`{}` is used by two clients", client.name),
+                ));
+            }
+            let hash = keys::parse_sha256_hex(&client.key_sha256).ok_or_else(|| {
+                self.error(
+                    &key("key_sha256"),
+                    "must be the 64 hex digits printed by `ado-auth-proxy keys new` (the key's SHA-256, never the key)",
+                )
+            })?;
+            if let Some(other) = clients.iter().find(|c| c.key_sha256 == hash) {
+                return Err(self.error(
+                    &key("key_sha256"),
+                    format!(
+                        "is the same key as client `{}`; every client needs its own key",
+                        other.name
+                    ),
+                ));
+            }
+            let identity = client
+                .identity
+                .unwrap_or_else(|| DEFAULT_IDENTITY.to_string());
+            if !identities.iter().any(|i| i.name == identity) {
+                return Err(self.error(
+                    &key("identity"),
+                    format!(
+                        "names identity `{identity}`, which is not configured under [identities]"
+                    ),
+                ));
+            }
+            let allow = self.rules(&key("allow"), client.allow)?;
+            clients.push(ClientConfig {
+                name: client.name,
+                key_sha256: hash,
+                identity,
+                allow,
+            });
+        }
+        Ok(clients)
+    }
+}
