@@ -175,7 +175,6 @@ impl App {
             stop_rx.clone(),
         ));
 
-        let admin = self.admin.clone();
         let admin_task = tokio::spawn(server::serve(
             self.admin_listener,
             ServeOptions {
@@ -184,10 +183,7 @@ impl App {
                 shutdown_grace_period: Duration::from_secs(1),
             },
             64,
-            move |request| {
-                let response = admin.handle(&request);
-                async move { response }
-            },
+            self.admin.clone().into_handler(),
             stop_rx,
         ));
         shutdown.await;

@@ -2,15 +2,25 @@
 //! `/readyz` (every identity holds a token that may be sent). Kept off the proxy listener so that
 //! scraping never competes with, or is exposed like, the proxied traffic.
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
+use tower::{ServiceBuilder, ServiceExt as _};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
 
+use super::Handler;
 use crate::telemetry::metrics::Metrics;
 use crate::token::TokenCache;
+
+/// An admin answer is computed in memory; one that takes this long is stuck.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Admin {
     metrics: Arc<Metrics>,
@@ -29,6 +39,36 @@ impl Admin {
             metrics,
             tokens,
             warning,
+        }
+    }
+
+    /// The admin endpoints behind the generic layers, outer to inner: credentials a scraper
+    /// sends are marked sensitive before anything could record them, a panic becomes a 500
+    /// instead of a dropped connection, and an answer that takes too long becomes a 503.
+    pub fn into_handler(self: Arc<Self>) -> impl Handler {
+        let service = ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+                header::PROXY_AUTHORIZATION,
+                header::COOKIE,
+            ]))
+            .layer(CatchPanicLayer::new())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ANSWER_TIMEOUT,
+            ))
+            .service_fn(move |request: Request<Incoming>| {
+                let response = self.handle(&request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+        move |request| {
+            let service = service.clone();
+            async move {
+                match service.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            }
         }
     }
 
