@@ -14,5 +14,6 @@ mod forwarding;
 mod git;
 mod harness;
 mod identities;
+mod layout;
 mod streaming;
 mod tokens;
