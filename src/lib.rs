@@ -31,6 +31,7 @@ pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+pub mod timer;
 pub mod tls;
 pub mod token;
 

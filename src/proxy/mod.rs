@@ -317,7 +317,7 @@ impl Proxy {
         if token.bearer().is_none() {
             return Err(unavailable(&token));
         }
-        let data = tokio::time::timeout(KEPT_BODY_TIMEOUT, body.collect())
+        let data = crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
             .await
             .map_err(|_| Rejection::BodyTimeout)?
             .map_err(|_| Rejection::Upstream(UpstreamFailure::ClientAborted))?

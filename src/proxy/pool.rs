@@ -2,7 +2,7 @@
 //! recently used first, or one shared h2 connection when TLS ALPN picks h2.
 //!
 //! hyper-util's legacy client pools connections for any number of hosts; in front of a single
-//! host it spent a tenth of the proxy's instructions hashing pool keys, boxing each request's
+//! host it spent much of the proxy's per-request work hashing pool keys, boxing each request's
 //! future and spawning a task per request to hand the connection back. Here an HTTP/1.1
 //! connection goes back to the pool as soon as its response head arrives, and a checkout passes
 //! over connections whose response body is still streaming.

@@ -92,11 +92,7 @@ impl Upstream {
         sent_at: Instant,
     ) -> Result<Response<Incoming>, SendError> {
         let exchange = self.exchange(slot, sent_at);
-        // An absurd configured timeout means "none", not an overflow.
-        let deadline = sent_at
-            .checked_add(self.response_timeout)
-            .unwrap_or_else(|| sent_at + FAR_FUTURE);
-        match tokio::time::timeout_at(deadline.into(), exchange).await {
+        match crate::timer::timeout_from(sent_at, self.response_timeout, exchange).await {
             Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
         }
@@ -199,9 +195,6 @@ fn to_origin_form(request: &mut Request<UploadBody>) {
         *request.uri_mut() = Uri::from(path_and_query);
     }
 }
-
-/// What an unrepresentable response timeout stands for (tokio's own "never").
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// How many times a request no connection took goes to another one.
 const MAX_RETRIES: u32 = 3;

@@ -123,7 +123,7 @@ pub async fn serve_dealt<H: Handler>(
     options: ServeOptions,
     handler: H,
 ) {
-    let server = ConnectionServer::new(&options);
+    let server = ConnectionServer::new(&options, crate::timer::WorkerTimer);
     while let Some(Accepted { stream, slot }) = connections.recv().await {
         match TcpStream::from_std(stream) {
             Ok(stream) => server.spawn(stream, slot, handler.clone()),
@@ -141,7 +141,7 @@ pub async fn serve<H: Handler>(
     handler: H,
     shutdown: watch::Receiver<bool>,
 ) {
-    let server = ConnectionServer::new(&options);
+    let server = ConnectionServer::new(&options, TokioTimer::new());
     accept_loop(listener, max_connections, shutdown, |stream, slot| {
         server.spawn(stream, slot, handler.clone());
     })
@@ -155,12 +155,14 @@ struct ConnectionServer {
 }
 
 impl ConnectionServer {
-    fn new(options: &ServeOptions) -> Self {
+    /// `timer` runs the header-read timeout: the worker's own deadlines (see `timer`) where
+    /// they are driven, tokio's elsewhere.
+    fn new(options: &ServeOptions, timer: impl hyper::rt::Timer + Send + Sync + 'static) -> Self {
         let mut builder = http1::Builder::new();
         // hyper enforces the header-read timeout only with a timer installed. It runs whenever
         // the connection waits for a request head, so it also closes idle keep-alive connections.
         builder
-            .timer(TokioTimer::new())
+            .timer(timer)
             .header_read_timeout(options.header_read_timeout)
             .max_header_size(options.max_header_bytes)
             .keep_alive(true);
@@ -254,11 +256,14 @@ mod tests {
     async fn serve_one(delay: Duration) -> (ConnectionServer, TcpStream, Arc<tokio::sync::Notify>) {
         let arrived = Arc::new(tokio::sync::Notify::new());
         let notify = arrived.clone();
-        let server = ConnectionServer::new(&ServeOptions {
-            header_read_timeout: PATIENCE * 3,
-            max_header_bytes: 16 * 1024,
-            shutdown_grace_period: PATIENCE,
-        });
+        let server = ConnectionServer::new(
+            &ServeOptions {
+                header_read_timeout: PATIENCE * 3,
+                max_header_bytes: 16 * 1024,
+                shutdown_grace_period: PATIENCE,
+            },
+            TokioTimer::new(),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("addr"))
             .await

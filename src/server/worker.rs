@@ -38,6 +38,8 @@ impl Worker {
             }
         };
         runtime.block_on(async move {
+            // The header-read and response timeouts of this worker's requests run on it.
+            tokio::spawn(crate::timer::drive());
             let upstream = Upstream::new(&self.upstream, self.tls);
             let proxy = Arc::new(Proxy::new(
                 upstream,

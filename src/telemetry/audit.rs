@@ -2,7 +2,7 @@
 //! the bytes and the times.
 //!
 //! As a `tracing` event its dozen fields went one by one through `Visit` and a `dyn fmt::Write`:
-//! about a tenth of the proxy's instructions per small request. The binary installs a sink here,
+//! a large share of the proxy's per-request work. The binary installs a sink here,
 //! and the line is written from a plain struct into the same batch as the other log lines, in the
 //! same text or JSON shape. `RUST_LOG` still decides (target `audit`, level INFO). Without a sink
 //! (the library embedded elsewhere) the line goes out as an ordinary `tracing` event whose message
