@@ -51,6 +51,8 @@ pub(super) struct RawClient {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRule {
+    /// Unset: the default upstream (`upstream.url`).
+    pub(super) host: Option<String>,
     pub(super) methods: Vec<String>,
     pub(super) path: String,
 }
@@ -65,6 +67,9 @@ pub(super) struct RawListen {
     pub(super) shutdown_grace_period: DurationValue,
     /// 0: one per available CPU.
     pub(super) workers: usize,
+    /// What absolute URLs in responses are rewritten to; unset on a loopback listener, each
+    /// request's `Host`.
+    pub(super) public_url: Option<String>,
 }
 
 impl Default for RawListen {
@@ -76,6 +81,7 @@ impl Default for RawListen {
             max_connections: 4096,
             shutdown_grace_period: DurationValue(Duration::from_secs(25)),
             workers: 0,
+            public_url: None,
         }
     }
 }
@@ -103,6 +109,10 @@ pub(super) struct RawUpstream {
     pub(super) response_timeout: DurationValue,
     pub(super) pool_idle_timeout: DurationValue,
     pub(super) max_replay_body_bytes: usize,
+    /// Azure DevOps hosts besides `url`'s, served at `/_host/{name}/...`.
+    pub(super) hosts: Vec<String>,
+    /// Host name -> `ip:port` to connect to instead of what DNS says (TLS still checks the name).
+    pub(super) resolve: BTreeMap<String, String>,
 }
 
 impl Default for RawUpstream {
@@ -115,6 +125,10 @@ impl Default for RawUpstream {
             response_timeout: DurationValue(Duration::from_secs(120)),
             pool_idle_timeout: DurationValue(Duration::from_secs(60)),
             max_replay_body_bytes: 64 * 1024,
+            hosts: ["dev.azure.com", "*.dev.azure.com", "*.visualstudio.com"]
+                .map(String::from)
+                .to_vec(),
+            resolve: BTreeMap::new(),
         }
     }
 }

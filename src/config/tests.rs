@@ -97,12 +97,87 @@ fn open_mode_stays_on_loopback_unless_explicitly_allowed() {
         "{message}"
     );
     let config = Config::from_toml(&format!(
-        "{MINIMAL}\n{OPEN}allow_open_on_non_loopback = true\n[listen]\naddress = \"0.0.0.0:8080\""
+        "{MINIMAL}\n{OPEN}allow_open_on_non_loopback = true\n[listen]\naddress = \"0.0.0.0:8080\"\n{PUBLIC}"
     ))
     .expect("explicitly allowed");
     assert!(config.inbound.open_beyond_loopback);
-    let keys = Config::from_toml(&format!("{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\""));
+    let keys = Config::from_toml(&format!(
+        "{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\"\n{PUBLIC}"
+    ));
     assert!(keys.is_ok(), "keys mode may listen anywhere");
+}
+
+const PUBLIC: &str = "public_url = \"https://ado-proxy.example:8443/\"\n";
+
+#[test]
+fn a_listener_off_loopback_needs_its_public_url() {
+    let message = error_of(&format!("{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\""));
+    assert!(message.contains("listen.public_url"), "{message}");
+    let config = Config::from_toml(&format!(
+        "{MINIMAL}\n[listen]\naddress = \"0.0.0.0:8080\"\n{PUBLIC}"
+    ))
+    .expect("with public_url");
+    assert_eq!(
+        config.listen.public_url.as_deref(),
+        Some("https://ado-proxy.example:8443"),
+        "without the trailing slash"
+    );
+    for bad in [
+        "ado-proxy.example",
+        "ftp://x.example",
+        "https://x.example/base",
+        "https://u:p@x.example",
+    ] {
+        let message = error_of(&format!("{MINIMAL}\n[listen]\npublic_url = \"{bad}\""));
+        assert!(message.contains("listen.public_url"), "{bad}: {message}");
+    }
+}
+
+#[test]
+fn hosts_resolve_and_rule_hosts_are_checked() {
+    let config = Config::from_toml(MINIMAL).expect("defaults");
+    for host in [
+        "dev.azure.com",
+        "pkgs.dev.azure.com",
+        "contoso.pkgs.visualstudio.com",
+    ] {
+        assert!(config.upstream.hosts.allows(host), "{host}");
+    }
+    for host in [
+        "contoso.blob.core.windows.net",
+        "evil.example",
+        "x.vsassets.io",
+    ] {
+        assert!(!config.upstream.hosts.allows(host), "{host}");
+    }
+    let message = error_of(&format!("{MINIMAL}\n[upstream]\nhosts = [\"*\"]"));
+    assert!(message.contains("upstream.hosts[0]"), "{message}");
+    let message = error_of(&format!(
+        "{MINIMAL}\n[upstream.resolve]\n\"pkgs.dev.azure.com\" = \"localhost\""
+    ));
+    assert!(
+        message.contains("upstream.resolve.pkgs.dev.azure.com"),
+        "{message}"
+    );
+    let config = Config::from_toml(&format!(
+        "{MINIMAL}\n[upstream.resolve]\n\"PKGS.dev.azure.com\" = \"127.0.0.1:8443\""
+    ))
+    .expect("resolve");
+    assert_eq!(
+        config.upstream.resolve,
+        vec![(
+            "pkgs.dev.azure.com".to_string(),
+            "127.0.0.1:8443".parse().expect("addr")
+        )]
+    );
+    let message = error_of(&format!(
+        "{MINIMAL}\n[[clients]]\nname = \"c\"\nkey_sha256 = \"{}\"\nallow = [{{ host = \"*.com\", methods = [\"GET\"], path = \"/**\" }}]",
+        "ab".repeat(32)
+    ));
+    assert!(
+        message.contains("clients[0].allow[0]") || message.contains("allow[0]"),
+        "{message}"
+    );
 }
 
 #[test]

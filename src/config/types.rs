@@ -8,6 +8,7 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use crate::policy::Allowlist;
+use crate::policy::Hosts;
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -44,6 +45,9 @@ pub struct Listen {
     pub shutdown_grace_period: Duration,
     /// Threads serving the proxy listener, each with its own runtime and upstream pool.
     pub workers: usize,
+    /// Scheme and authority clients reach the proxy at (no trailing slash); `None`: each
+    /// request's `Host`, on a loopback listener only.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -64,6 +68,10 @@ pub struct Upstream {
     /// Request bodies up to this size are kept so the request can be replayed once with a renewed
     /// token when Azure DevOps refuses the current one; larger bodies stream without a copy.
     pub max_replay_body_bytes: usize,
+    /// The Azure DevOps hosts served at `/_host/{name}/...`.
+    pub hosts: Hosts,
+    /// Host names connected to at a given address instead of the one DNS gives.
+    pub resolve: Vec<(String, SocketAddr)>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,13 +1,17 @@
-//! What a client may ask for: path safety ([`path`]), the allowlist rules ([`rules`]) and git's
-//! push preflight ([`git`]). Pure functions of the request and the configuration; imports nothing
+//! What a client may ask for: path safety ([`path`]), Azure DevOps host names ([`host`]), the
+//! allowlist rules ([`rules`]) and git's push preflight ([`git`]). Pure functions of the request and the configuration; imports nothing
 //! else of the crate.
 
 mod git;
+pub mod host;
 pub mod path;
+pub mod pattern;
 pub mod rules;
 
+pub use host::{HostPattern, Hosts};
 pub use path::{MAX_SEGMENTS, PathError, Segments};
-pub use rules::{Allowlist, Methods, Pattern, PatternError, Rule};
+pub use pattern::{Pattern, PatternError};
+pub use rules::{Allowlist, Methods, RequestHost, Rule};
 
 #[cfg(test)]
 mod tests {
@@ -359,5 +363,44 @@ mod tests {
             }
         }
         format!("/{}", out.join("/"))
+    }
+
+    #[test]
+    fn a_rule_is_for_its_host_and_a_rule_without_one_for_the_default_upstream() {
+        let get = vec!["GET".to_string()];
+        let feeds = Rule::compile(&get, "/contoso/_packaging/**")
+            .expect("rule")
+            .on_host(HostPattern::compile("pkgs.dev.azure.com").expect("host"));
+        assert_eq!(
+            feeds.to_string(),
+            "GET pkgs.dev.azure.com/contoso/_packaging/**"
+        );
+        let list = Allowlist::new(vec![
+            Rule::compile(&get, "/contoso/_apis/**").expect("rule"),
+            feeds,
+        ]);
+        let path = Segments::parse("/contoso/_packaging/feed/pypi/simple/").expect("path");
+        let pkgs = RequestHost {
+            name: "PKGS.dev.azure.com",
+            is_default: false,
+        };
+        assert_eq!(list.judge_on(pkgs, &Method::GET, &path, None), Some(1));
+        assert_eq!(
+            list.judge(&Method::GET, &path, None),
+            None,
+            "not on the default host"
+        );
+        let apis = Segments::parse("/contoso/_apis/projects").expect("path");
+        assert_eq!(list.judge(&Method::GET, &apis, None), Some(0));
+        assert_eq!(
+            list.judge_on(pkgs, &Method::GET, &apis, None),
+            None,
+            "not on pkgs"
+        );
+        let vssps = RequestHost {
+            name: "vssps.dev.azure.com",
+            is_default: false,
+        };
+        assert_eq!(list.judge_on(vssps, &Method::GET, &path, None), None);
     }
 }

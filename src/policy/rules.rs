@@ -1,113 +1,14 @@
-//! Allowlist rules: segment-glob patterns compiled once, methods, and the per-client list whose
-//! first admitting rule wins. Matching compares decoded segments case-insensitively and
-//! allocates nothing.
+//! Allowlist rules (methods, a path pattern, a host) and the per-client list whose first
+//! admitting rule wins.
 
 use std::fmt;
 
 use http::Method;
 
 use super::git;
-use super::path::{Decoded, Segments, check_segment, compare_lowercase, segment_eq};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Literal(Box<str>),
-    /// `*`: exactly one segment.
-    One,
-    /// `**`: zero or more segments.
-    Any,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PatternError(String);
-
-impl fmt::Display for PatternError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A compiled path pattern such as `/contoso/*/_git/web/**`.
-#[derive(Debug, Clone)]
-pub struct Pattern {
-    parts: Box<[Part]>,
-}
-
-impl Pattern {
-    pub fn compile(text: &str) -> Result<Pattern, PatternError> {
-        let error = |why: &str| PatternError(format!("`{text}`: {why}"));
-        let rest = text
-            .strip_prefix('/')
-            .ok_or_else(|| error("must start with '/'"))?;
-        let mut parts = Vec::new();
-        if !rest.is_empty() {
-            for segment in rest.strip_suffix('/').unwrap_or(rest).split('/') {
-                parts.push(match segment {
-                    "" => return Err(error("has an empty segment ('//')")),
-                    "*" => Part::One,
-                    "**" => Part::Any,
-                    s if s.contains('*') => {
-                        return Err(error("'*' and '**' must be whole segments"));
-                    }
-                    s => {
-                        check_segment(s).map_err(|e| error(e.message()))?;
-                        Part::Literal(
-                            String::from_utf8_lossy(&Decoded::new(s).collect::<Vec<_>>()).into(),
-                        )
-                    }
-                });
-            }
-        }
-        for pair in parts.windows(2) {
-            if pair[0] == Part::Any && pair[1] != Part::Any && !matches!(pair[1], Part::Literal(_))
-            {
-                return Err(error(
-                    "'**' may only end the pattern or stand between literal segments",
-                ));
-            }
-            if pair[0] == Part::Any && pair[1] == Part::Any {
-                return Err(error("'**/**' is redundant"));
-            }
-            if pair[1] == Part::Any && !matches!(pair[0], Part::Literal(_)) {
-                return Err(error(
-                    "'**' may only end the pattern or stand between literal segments",
-                ));
-            }
-        }
-        Ok(Pattern {
-            parts: parts.into_boxed_slice(),
-        })
-    }
-
-    pub fn matches(&self, segments: &Segments<'_>) -> bool {
-        match_parts(&self.parts, segments.as_slice(), segments.escaped)
-    }
-}
-
-/// `escaped` bit i: `segments[i]` holds escapes.
-fn match_parts(parts: &[Part], segments: &[&str], escaped: u32) -> bool {
-    match parts.split_first() {
-        None => segments.is_empty(),
-        Some((Part::Literal(literal), rest)) => {
-            segments.split_first().is_some_and(|(first, tail)| {
-                segment_eq(first, escaped & 1 != 0, literal)
-                    && match_parts(rest, tail, escaped >> 1)
-            })
-        }
-        Some((Part::One, rest)) => segments
-            .split_first()
-            .is_some_and(|(_, tail)| match_parts(rest, tail, escaped >> 1)),
-        Some((Part::Any, [])) => true,
-        // `**` is followed by a literal: try each place that literal could start.
-        Some((Part::Any, rest)) => (0..=segments.len()).any(|skip| {
-            let escaped = u32::try_from(skip)
-                .ok()
-                .and_then(|skip| escaped.checked_shr(skip))
-                .unwrap_or(0);
-            match_parts(rest, &segments[skip..], escaped)
-        }),
-    }
-}
+use super::host::HostPattern;
+use super::path::{Segments, compare_lowercase};
+use super::pattern::{Part, Pattern, PatternError};
 
 /// Methods with a bit of their own; anything else is compared by name.
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -141,7 +42,7 @@ impl<'a> RequestMethod<'a> {
 impl Methods {
     pub fn compile(names: &[String]) -> Result<Methods, PatternError> {
         if names.is_empty() {
-            return Err(PatternError(
+            return Err(PatternError::new(
                 "methods must name at least one method, or \"*\"".into(),
             ));
         }
@@ -156,11 +57,11 @@ impl Methods {
         let mut others = Vec::new();
         for name in names {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphabetic()) {
-                return Err(PatternError(format!("`{name}` is not an HTTP method")));
+                return Err(PatternError::new(format!("`{name}` is not an HTTP method")));
             }
             let upper = name.to_ascii_uppercase();
             if upper == "CONNECT" || upper == "TRACE" {
-                return Err(PatternError(format!("{upper} is never forwarded")));
+                return Err(PatternError::new(format!("{upper} is never forwarded")));
             }
             match KNOWN_METHODS.iter().position(|known| *known == upper) {
                 Some(i) => methods.known |= 1 << i,
@@ -188,20 +89,62 @@ impl Methods {
 pub struct Rule {
     methods: Methods,
     pattern: Pattern,
+    /// `None`: the default upstream.
+    host: Option<HostPattern>,
     text: Box<str>,
 }
 
 impl Rule {
+    /// A rule for the default upstream.
     pub fn compile(methods: &[String], path: &str) -> Result<Rule, PatternError> {
         Ok(Rule {
             methods: Methods::compile(methods)?,
             pattern: Pattern::compile(path)?,
+            host: None,
             text: format!("{} {path}", methods.join(",")).into(),
         })
     }
+
+    /// The same rule for the hosts `host` matches instead of the default upstream.
+    pub fn on_host(self, host: HostPattern) -> Rule {
+        let methods_end = self.text.find(' ').unwrap_or(self.text.len());
+        let text = format!(
+            "{} {host}{}",
+            &self.text[..methods_end],
+            &self.text[methods_end..].trim_start()
+        );
+        Rule {
+            host: Some(host),
+            text: text.into(),
+            ..self
+        }
+    }
+
+    fn admits_host(&self, host: &RequestHost<'_>) -> bool {
+        match &self.host {
+            None => host.is_default,
+            Some(pattern) => pattern.matches(host.name),
+        }
+    }
 }
 
-/// `METHODS path`, as configured.
+/// The host a request is for: its name, and whether it is the default upstream's (which rules
+/// without a `host` are for).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHost<'a> {
+    pub name: &'a str,
+    pub is_default: bool,
+}
+
+impl RequestHost<'_> {
+    /// The default upstream, whatever its name.
+    pub const DEFAULT: RequestHost<'static> = RequestHost {
+        name: "",
+        is_default: true,
+    };
+}
+
+/// `METHODS [host]path`, as configured.
 impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
@@ -254,10 +197,22 @@ impl Allowlist {
 
     /// The index of the first rule that admits the request.
     pub fn find(&self, method: &Method, segments: &Segments<'_>) -> Option<usize> {
+        self.find_on(RequestHost::DEFAULT, method, segments)
+    }
+
+    /// The index of the first rule that admits the request to `host`.
+    pub fn find_on(
+        &self,
+        host: RequestHost<'_>,
+        method: &Method,
+        segments: &Segments<'_>,
+    ) -> Option<usize> {
         let method = RequestMethod::new(method);
         let admits = |index: &usize| {
             let rule = &self.rules[*index];
-            rule.methods.admits(&method) && rule.pattern.matches(segments)
+            rule.admits_host(&host)
+                && rule.methods.admits(&method)
+                && rule.pattern.matches(segments)
         };
         let anchored: &[usize] = match segments.as_slice().first() {
             // Escaped first segments are rare: compare them the slow way, against every rule.
@@ -297,9 +252,20 @@ impl Allowlist {
         path: &Segments<'_>,
         query: Option<&str>,
     ) -> Option<usize> {
+        self.judge_on(RequestHost::DEFAULT, method, path, query)
+    }
+
+    /// [`Allowlist::judge`] for a request to `host`.
+    pub fn judge_on(
+        &self,
+        host: RequestHost<'_>,
+        method: &Method,
+        path: &Segments<'_>,
+        query: Option<&str>,
+    ) -> Option<usize> {
         match git::push_preflight(path, method, query) {
-            Some(push) => self.find(&Method::POST, &push),
-            None => self.find(method, path),
+            Some(push) => self.find_on(host, &Method::POST, &push),
+            None => self.find_on(host, method, path),
         }
     }
 }

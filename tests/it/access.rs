@@ -263,7 +263,8 @@ async fn open_mode_refuses_foreign_hosts_and_browsers() {
 #[tokio::test]
 async fn open_mode_beyond_loopback_needs_the_opt_in_accepts_its_own_names_and_warns() {
     let stack = Stack::start_with(Options {
-        listen_toml: "address = \"0.0.0.0:0\"".into(),
+        listen_toml: "address = \"0.0.0.0:0\"\npublic_url = \"http://ado-proxy.internal:8080\""
+            .into(),
         access_toml: format!(
             "{}allow_open_on_non_loopback = true\nallowed_hosts = [\"ado-proxy.internal:8080\"]\n",
             crate::harness::OPEN_ALLOW_ALL

@@ -4,16 +4,18 @@ use super::Validator;
 use crate::config::raw::{RawClient, RawInbound, RawMode, RawRule};
 use crate::config::{ClientConfig, ConfigError, DEFAULT_IDENTITY, Identity, Inbound, InboundMode};
 use crate::keys;
-use crate::policy::{Allowlist, Rule};
+use crate::policy::{Allowlist, HostPattern, PatternError, Rule};
 
 impl Validator<'_> {
     fn rules(&self, key: &str, raw: Vec<RawRule>) -> Result<Allowlist, ConfigError> {
         let mut rules = Vec::with_capacity(raw.len());
         for (index, rule) in raw.into_iter().enumerate() {
-            rules.push(
-                Rule::compile(&rule.methods, &rule.path)
-                    .map_err(|e| self.error(&format!("{key}[{index}]"), e.to_string()))?,
-            );
+            let error = |e: PatternError| self.error(&format!("{key}[{index}]"), e.to_string());
+            let mut compiled = Rule::compile(&rule.methods, &rule.path).map_err(error)?;
+            if let Some(host) = &rule.host {
+                compiled = compiled.on_host(HostPattern::compile(host).map_err(error)?);
+            }
+            rules.push(compiled);
         }
         Ok(Allowlist::new(rules))
     }

@@ -17,8 +17,13 @@ impl Validator<'_> {
         if raw.header_read_timeout.0.is_zero() {
             return Err(self.error("listen.header_read_timeout", "must be above zero"));
         }
+        let public_url = match &raw.public_url {
+            None => None,
+            Some(url) => Some(self.public_url(url)?),
+        };
         Ok(Listen {
             address,
+            public_url,
             header_read_timeout: raw.header_read_timeout.0,
             max_header_bytes: raw.max_header_bytes,
             max_connections: raw.max_connections,
@@ -28,6 +33,28 @@ impl Validator<'_> {
                 n => n,
             },
         })
+    }
+
+    /// Any http(s) URL without a path: clients may reach the proxy over plain http on a
+    /// network of their own, through a TLS-terminating load balancer, or by any name.
+    fn public_url(&self, value: &str) -> Result<String, ConfigError> {
+        let key = "listen.public_url";
+        let uri: http::Uri = value
+            .parse()
+            .map_err(|_| self.error(key, format!("`{value}` is not a URL")))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+            return Err(self.error(
+                key,
+                format!("`{value}` must be an absolute http:// or https:// URL"),
+            ));
+        }
+        if uri.path() != "/" || uri.query().is_some() || value.contains('@') {
+            return Err(self.error(
+                key,
+                "must be a scheme and host (and port) only, such as https://ado-proxy.example:8443:                  the proxy serves Azure DevOps' paths at its root",
+            ));
+        }
+        Ok(value.trim_end_matches('/').to_string())
     }
 
     pub(super) fn admin(&self, raw: RawAdmin, listen: &Listen) -> Result<Admin, ConfigError> {

@@ -66,6 +66,17 @@ impl Validator<'_> {
                 "open mode acts as identity `default`; configure [identities.default]",
             ));
         }
+        if listen.public_url.is_none() && !listen.address.ip().is_loopback() {
+            return Err(self.error(
+                "listen.public_url",
+                format!(
+                    "is required when listen.address ({}) is not a loopback address: absolute Azure \
+                     DevOps URLs in responses are rewritten to it, so that clients come back through \
+                     the proxy (for example public_url = \"https://ado-proxy.example\")",
+                    listen.address
+                ),
+            ));
+        }
         let clients = self.clients(raw.clients, &identities)?;
         Ok(Config {
             listen,

@@ -4,6 +4,8 @@ use http::uri::Scheme;
 use super::Validator;
 use crate::config::raw::RawUpstream;
 use crate::config::{ConfigError, MAX_REPLAY_BODY_BYTES, Upstream};
+use crate::policy::host::host_name;
+use crate::policy::{HostPattern, Hosts};
 
 impl Validator<'_> {
     pub(super) fn upstream(&self, raw: RawUpstream) -> Result<Upstream, ConfigError> {
@@ -38,7 +40,27 @@ impl Validator<'_> {
                 return Err(self.error(key, "must be above zero"));
             }
         }
+        let mut hosts = Vec::with_capacity(raw.hosts.len());
+        for (index, text) in raw.hosts.iter().enumerate() {
+            hosts.push(
+                HostPattern::compile(text)
+                    .map_err(|e| self.error(&format!("upstream.hosts[{index}]"), e.to_string()))?,
+            );
+        }
+        let mut resolve = Vec::with_capacity(raw.resolve.len());
+        for (name, address) in &raw.resolve {
+            let key = format!("upstream.resolve.{name}");
+            if host_name(name).is_none() {
+                return Err(self.error(&key, "is not a host name"));
+            }
+            resolve.push((
+                name.to_ascii_lowercase(),
+                self.socket_address(&key, address)?,
+            ));
+        }
         Ok(Upstream {
+            hosts: Hosts::new(hosts),
+            resolve,
             scheme,
             authority,
             host_header,
