@@ -12,6 +12,8 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 pub enum Rejection {
     /// The request target or a header is unsafe to forward.
     BadRequest(&'static str),
+    /// `/_host/{name}/...` names a host that is not an Azure DevOps host this proxy serves.
+    UnknownHost(Box<str>),
     MethodNotAllowed(Method),
     Unauthenticated(Unauthenticated),
     /// No rule of this client admits the method and path.
@@ -40,7 +42,7 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::BadRequest(_) | Rejection::UnknownHost(_) => StatusCode::BAD_REQUEST,
             Rejection::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Rejection::Forbidden { .. } | Rejection::BrowserRequest | Rejection::ForeignHost => {
@@ -73,6 +75,10 @@ impl Rejection {
     fn message(&self) -> String {
         match self {
             Rejection::BadRequest(why) => format!("{why}."),
+            Rejection::UnknownHost(host) => format!(
+                "{host} is not an Azure DevOps host this proxy serves (upstream.hosts). Storage \
+                 and CDN links are fetched directly, without the proxy and without a credential."
+            ),
             Rejection::MethodNotAllowed(method) => format!(
                 "{method} is not proxied: the proxy forwards ordinary requests to its configured Azure DevOps host only."
             ),
@@ -152,7 +158,9 @@ impl Rejection {
 
     pub fn refusal(&self) -> Option<Refusal> {
         match self {
-            Rejection::BadRequest(_) | Rejection::BodyTimeout => Some(Refusal::BadRequest),
+            Rejection::BadRequest(_) | Rejection::UnknownHost(_) | Rejection::BodyTimeout => {
+                Some(Refusal::BadRequest)
+            }
             Rejection::MethodNotAllowed(_) => Some(Refusal::MethodNotAllowed),
             Rejection::TokenUnavailable { .. } => Some(Refusal::TokenUnavailable),
             Rejection::BrowserRequest => Some(Refusal::Browser),
@@ -332,6 +340,13 @@ mod tests {
         let table: Vec<Row> = vec![
             (
                 Rejection::BadRequest("bad"),
+                400,
+                "bad_request",
+                Some("bad_request"),
+                None,
+            ),
+            (
+                Rejection::UnknownHost("evil.example".into()),
                 400,
                 "bad_request",
                 Some("bad_request"),

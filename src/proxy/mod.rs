@@ -8,6 +8,8 @@ pub mod body;
 pub mod exchange;
 pub mod headers;
 pub mod pool;
+pub mod resolve;
+pub mod route;
 pub mod snapshot;
 pub mod target;
 pub mod upstream;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -25,9 +28,9 @@ use hyper::body::Incoming;
 use self::body::{ResponseBody, UploadBody};
 use self::exchange::{Exchange, RequestIds};
 use self::snapshot::{SharedSnapshot, Snapshot};
-use self::upstream::Upstream;
+use self::upstream::{Upstream, Upstreams};
 use crate::error::{Rejection, UpstreamFailure};
-use crate::policy::Segments;
+use crate::policy::{RequestHost, Segments};
 use crate::telemetry::metrics::Metrics;
 use crate::token::TokenCache;
 
@@ -106,6 +109,8 @@ fn unavailable(token: &TokenCache) -> Rejection {
 struct Admitted {
     client: usize,
     rule: usize,
+    /// Another Azure DevOps host than the default upstream, and the path and query to send it.
+    mount: Option<(Box<str>, PathAndQuery)>,
 }
 
 /// Why a request is answered by the proxy itself, and the client when it was known by then (a
@@ -124,10 +129,17 @@ impl From<Rejection> for Refused {
     }
 }
 
-/// A request admitted and rewritten for Azure DevOps.
-struct Outgoing {
+/// Where an admitted request goes, with whose token.
+struct Destination {
     /// The calling client's identity's token cache.
     token: Arc<TokenCache>,
+    /// `None`: the default upstream.
+    upstream: Option<Arc<Upstream>>,
+}
+
+/// A request admitted and rewritten for Azure DevOps.
+struct Outgoing {
+    destination: Destination,
     /// The token it carries, to tell Entra ID which one Azure DevOps refused.
     bearer: HeaderValue,
     /// Taken by the connection that sends it; put back if none did.
@@ -141,7 +153,7 @@ struct Outgoing {
 enum Start {
     Ready(Outgoing),
     /// A small body is to be read whole (for a replay) before the request can go.
-    ReadBody(Option<(Arc<TokenCache>, http::request::Parts, Incoming)>),
+    ReadBody(Option<(Destination, http::request::Parts, Incoming)>),
     Rejected(Option<Rejection>),
 }
 
@@ -157,7 +169,7 @@ static RATE_LIMIT_REMAINING: http::HeaderName =
 /// One worker's request path: its own upstream connections, and the configuration every worker
 /// reads.
 pub struct Proxy {
-    upstream: Upstream,
+    upstreams: Upstreams,
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
     request_ids: Arc<RequestIds>,
@@ -165,13 +177,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub fn new(
-        upstream: Upstream,
+        upstreams: Upstreams,
         snapshot: SharedSnapshot,
         metrics: Arc<Metrics>,
         request_ids: Arc<RequestIds>,
     ) -> Self {
         Self {
-            upstream,
+            upstreams,
             snapshot,
             metrics,
             request_ids,
@@ -196,10 +208,14 @@ impl Proxy {
             request.uri().clone(),
         ));
         let mut start = match admit(exchange.snapshot(), &request) {
-            Ok(Admitted { client, rule }) => {
+            Ok(Admitted {
+                client,
+                rule,
+                mount,
+            }) => {
                 exchange.record_admission(Some(client), Some(rule));
                 let token = exchange.snapshot().clients[client].token.clone();
-                self.start(token, request, &mut exchange)
+                self.start(token, mount, request, &mut exchange)
             }
             Err(Refused { client, rejection }) => {
                 exchange.record_admission(client, None);
@@ -214,8 +230,9 @@ impl Proxy {
                 Start::Ready(outgoing) => self.forward(outgoing, &mut exchange).await,
                 Start::ReadBody(pending) => match pending.take() {
                     // Boxed: most requests have no body to read first.
-                    Some((token, parts, body)) => {
-                        Box::pin(self.forward_with_body(token, parts, body, &mut exchange)).await
+                    Some((destination, parts, body)) => {
+                        Box::pin(self.forward_with_body(destination, parts, body, &mut exchange))
+                            .await
                     }
                     None => Err(Rejection::BodyTimeout),
                 },
@@ -259,15 +276,27 @@ impl Proxy {
     fn start(
         &self,
         token: Arc<TokenCache>,
+        mount: Option<(Box<str>, PathAndQuery)>,
         request: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Start {
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
+        let upstream = match mount {
+            None => None,
+            Some((host, path_and_query)) => {
+                parts.uri = Uri::from(path_and_query);
+                match self.upstreams.sibling(&host, Instant::now()) {
+                    Some(upstream) => Some(upstream),
+                    None => return Start::Rejected(Some(Rejection::UnknownHost(host))),
+                }
+            }
+        };
+        let destination = Destination { token, upstream };
         let body = match self.classify_upload(body, exchange) {
             Upload::Ready(body) => body,
-            Upload::ReadWhole(body) => return Start::ReadBody(Some((token, parts, body))),
+            Upload::ReadWhole(body) => return Start::ReadBody(Some((destination, parts, body))),
         };
-        match self.outgoing(token, parts, body) {
+        match self.outgoing(destination, parts, body) {
             Ok(outgoing) => Start::Ready(outgoing),
             Err(rejection) => Start::Rejected(Some(rejection)),
         }
@@ -277,14 +306,15 @@ impl Proxy {
     /// body is kept.
     fn outgoing(
         &self,
-        token: Arc<TokenCache>,
+        destination: Destination,
         mut parts: http::request::Parts,
         body: UploadBody,
     ) -> Result<Outgoing, Rejection> {
-        let bearer = token.bearer().ok_or_else(|| unavailable(&token))?;
+        let token = &destination.token;
+        let bearer = token.bearer().ok_or_else(|| unavailable(token))?;
         headers::prepare_request(
             &mut parts.headers,
-            self.upstream.host_header(),
+            self.upstream_of(&destination).host_header(),
             bearer.clone(),
         );
         // `parts.uri` stays the target `target::check` admitted: origin-form (path and query)
@@ -297,7 +327,7 @@ impl Proxy {
             UploadBody::Streaming { .. } => None,
         };
         Ok(Outgoing {
-            token,
+            destination,
             bearer,
             request: Some(Request::from_parts(parts, body)),
             replay,
@@ -307,15 +337,15 @@ impl Proxy {
     /// Reads a small body whole, then forwards the request with it.
     async fn forward_with_body(
         &self,
-        token: Arc<TokenCache>,
+        destination: Destination,
         parts: http::request::Parts,
         body: Incoming,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
         // A slow small body must not outlive the token it would be sent with: the token is
         // checked before reading and taken after.
-        if token.bearer().is_none() {
-            return Err(unavailable(&token));
+        if destination.token.bearer().is_none() {
+            return Err(unavailable(&destination.token));
         }
         let data = crate::timer::timeout(KEPT_BODY_TIMEOUT, body.collect())
             .await
@@ -325,7 +355,7 @@ impl Proxy {
         let length = data.len() as u64;
         exchange.add_kept_upload(length);
         self.metrics.request_bytes.inc_by(length);
-        let mut outgoing = self.outgoing(token, parts, UploadBody::kept(data))?;
+        let mut outgoing = self.outgoing(destination, parts, UploadBody::kept(data))?;
         self.forward(&mut outgoing, exchange).await
     }
 
@@ -334,10 +364,16 @@ impl Proxy {
         outgoing: &mut Outgoing,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
+        let upstream = self.upstream_of(&outgoing.destination);
         let mut response = self
-            .send(&mut outgoing.request, exchange, outgoing.replay.as_ref())
+            .send(
+                upstream,
+                &mut outgoing.request,
+                exchange,
+                outgoing.replay.as_ref(),
+            )
             .await?;
-        let token = &outgoing.token;
+        let token = &outgoing.destination.token;
         if token_refused(&response) {
             let status = response.status();
             // Not read: its connection is closed rather than held while a new token comes.
@@ -345,6 +381,7 @@ impl Proxy {
             // Boxed: the rare path would otherwise double the size of every request's future,
             // which hyper moves several times per request.
             response = Box::pin(self.renew_and_replay(
+                upstream,
                 token,
                 &outgoing.bearer,
                 outgoing.replay.take(),
@@ -361,16 +398,22 @@ impl Proxy {
         Ok(response)
     }
 
+    fn upstream_of<'a>(&'a self, destination: &'a Destination) -> &'a Upstream {
+        destination
+            .upstream
+            .as_deref()
+            .unwrap_or_else(|| self.upstreams.default_upstream())
+    }
+
     /// A small body (by its declared length) is read whole so the request can be replayed;
     /// anything larger or of unknown length streams through untouched.
     fn classify_upload(&self, body: Incoming, exchange: &mut Exchange) -> Upload {
         if body.is_end_stream() {
             return Upload::Ready(UploadBody::kept(Bytes::new()));
         }
-        let keep = body
-            .size_hint()
-            .exact()
-            .is_some_and(|length| length <= self.upstream.max_replay_body_bytes());
+        let keep = body.size_hint().exact().is_some_and(|length| {
+            length <= self.upstreams.default_upstream().max_replay_body_bytes()
+        });
         if keep {
             return Upload::ReadWhole(body);
         }
@@ -386,12 +429,13 @@ impl Proxy {
     /// request hyper already took.
     async fn send(
         &self,
+        upstream: &Upstream,
         request: &mut Option<Request<UploadBody>>,
         exchange: &mut Exchange,
         replay: Option<&Replay>,
     ) -> Result<Response<Incoming>, Rejection> {
         let sent_at = Instant::now();
-        let mut result = self.upstream.send(request, sent_at).await;
+        let mut result = upstream.send(request, sent_at).await;
         if let (Err(error), Some(replay)) = (&result, replay) {
             if error.unprocessed {
                 tracing::debug!(
@@ -399,7 +443,7 @@ impl Proxy {
                     "refused unprocessed; sending it again"
                 );
                 *request = Some(replay.clone().into_request());
-                result = self.upstream.send(request, Instant::now()).await;
+                result = upstream.send(request, Instant::now()).await;
             }
         }
         let result = result.map_err(|error| error.failure);
@@ -423,6 +467,7 @@ impl Proxy {
     /// git would take its `WWW-Authenticate` for a password prompt.
     async fn renew_and_replay(
         &self,
+        upstream: &Upstream,
         token: &Arc<TokenCache>,
         refused: &HeaderValue,
         replay: Option<Replay>,
@@ -449,7 +494,9 @@ impl Proxy {
             .headers_mut()
             .insert(http::header::AUTHORIZATION, renewed);
         exchange.set_replayed();
-        let response = self.send(&mut Some(request), exchange, None).await?;
+        let response = self
+            .send(upstream, &mut Some(request), exchange, None)
+            .await?;
         if token_refused(&response) {
             return Err(Rejection::TokenRefused { replayed: true });
         }
@@ -499,10 +546,15 @@ fn admit(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<Admitted, R
     };
     let allow = &snapshot.clients[client].allow;
     let uri = request.uri();
+    let route = route::route(uri.path(), &snapshot.hosts).map_err(refused)?;
     let path =
-        Segments::parse(uri.path()).map_err(|e| refused(Rejection::BadRequest(e.message())))?;
+        Segments::parse(route.path).map_err(|e| refused(Rejection::BadRequest(e.message())))?;
+    let host = RequestHost {
+        name: route.host.unwrap_or_default(),
+        is_default: route.host.is_none(),
+    };
     let rule = allow
-        .judge(request.method(), &path, uri.query())
+        .judge_on(host, request.method(), &path, uri.query())
         .ok_or_else(|| {
             refused(Rejection::Forbidden {
                 client: snapshot.clients[client].name.clone(),
@@ -510,5 +562,14 @@ fn admit(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<Admitted, R
                 path: uri.path().to_string(),
             })
         })?;
-    Ok(Admitted { client, rule })
+    let mount = route.mounted(uri.query()).map_err(|_| {
+        refused(Rejection::BadRequest(
+            "The request target is not a valid path",
+        ))
+    })?;
+    Ok(Admitted {
+        client,
+        rule,
+        mount,
+    })
 }

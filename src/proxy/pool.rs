@@ -16,6 +16,8 @@ use http::Uri;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
+
+use super::resolve::Resolve;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
@@ -40,7 +42,7 @@ struct Idle {
 }
 
 pub struct Pool {
-    connector: HttpsConnector<HttpConnector>,
+    connector: HttpsConnector<HttpConnector<Resolve>>,
     /// Whether the upstream is expected to pick h2 (https, until it answers otherwise): then
     /// connects are made one at a time, so a burst of requests shares one new connection
     /// instead of each opening its own.
@@ -56,7 +58,7 @@ impl Pool {
     /// Must be called inside the worker's runtime: it starts the task that closes idle
     /// connections.
     pub fn new(
-        connector: HttpsConnector<HttpConnector>,
+        connector: HttpsConnector<HttpConnector<Resolve>>,
         destination: Uri,
         idle_timeout: Duration,
     ) -> Self {

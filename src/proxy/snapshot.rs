@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use super::authenticate::Inbound;
+use super::route::Served;
 use crate::config::{Config, DEFAULT_IDENTITY, InboundMode};
 use crate::policy::Allowlist;
 use crate::telemetry::ClientTelemetry;
@@ -24,6 +25,8 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 
 pub struct Snapshot {
     pub inbound: Inbound,
+    /// The Azure DevOps hosts requests may go to.
+    pub hosts: Served,
     /// Indexed by what [`Inbound::authenticate`] returns.
     pub clients: Box<[Client]>,
     /// How telemetry names and counts each client, at the same index.
@@ -82,6 +85,10 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             inbound,
+            hosts: Served {
+                default_host: config.upstream.authority.host().to_ascii_lowercase().into(),
+                others: config.upstream.hosts.clone(),
+            },
             clients: clients.into_boxed_slice(),
             telemetry,
         })

@@ -6,6 +6,7 @@
 //! path and query, byte for byte. Redirects are never followed and bodies are never decompressed.
 
 use std::error::Error as _;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -13,6 +14,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use super::resolve::Resolve;
 use crate::config;
 use crate::error::{UpstreamFailure, describe};
 use crate::proxy::body::{ClientBodyError, UploadBody};
@@ -28,8 +30,32 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// The default upstream, `upstream.url`.
     pub fn new(config: &config::Upstream, tls: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new();
+        Self::to(
+            config,
+            config.scheme.clone(),
+            config.authority.clone(),
+            config.host_header.clone(),
+            tls,
+        )
+    }
+
+    /// Another Azure DevOps host, always over TLS on its standard port.
+    fn sibling(config: &config::Upstream, host: &str, tls: rustls::ClientConfig) -> Option<Self> {
+        let authority = Authority::try_from(host).ok()?;
+        let host_header = HeaderValue::from_str(host).ok()?;
+        Some(Self::to(config, Scheme::HTTPS, authority, host_header, tls))
+    }
+
+    fn to(
+        config: &config::Upstream,
+        scheme: Scheme,
+        authority: Authority,
+        host_header: HeaderValue,
+        tls: rustls::ClientConfig,
+    ) -> Self {
+        let mut http = HttpConnector::new_with_resolver(Resolve::new(&config.resolve));
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(config.connect_timeout));
@@ -43,16 +69,16 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         let destination = Uri::builder()
-            .scheme(config.scheme.clone())
-            .authority(config.authority.clone())
+            .scheme(scheme.clone())
+            .authority(authority.clone())
             .path_and_query("/")
             .build()
             .expect("scheme and authority were validated with the configuration");
         Self {
             pool: Pool::new(connector, destination, config.pool_idle_timeout),
-            scheme: config.scheme.clone(),
-            authority: config.authority.clone(),
-            host_header: config.host_header.clone(),
+            scheme,
+            authority,
+            host_header,
             response_timeout: config.response_timeout,
             max_replay_body_bytes: config.max_replay_body_bytes as u64,
         }
@@ -179,6 +205,68 @@ impl Upstream {
             .target(request.uri().path_and_query())
             .map_err(|_| SendError::from(UpstreamFailure::Protocol))?;
         Ok(request)
+    }
+}
+
+/// How many other Azure DevOps hosts one worker keeps connections to; the least recently used
+/// goes when another is needed (its requests in flight finish on it).
+const MAX_SIBLINGS: usize = 32;
+
+/// One worker's upstreams: the default one, and a pool per other Azure DevOps host, created on
+/// first use and dropped once idle.
+pub struct Upstreams {
+    default: Upstream,
+    config: config::Upstream,
+    tls: rustls::ClientConfig,
+    siblings: Mutex<Vec<Sibling>>,
+}
+
+struct Sibling {
+    host: Box<str>,
+    upstream: Arc<Upstream>,
+    used: Instant,
+}
+
+impl Upstreams {
+    /// Must be called inside the worker's runtime (pools start their idle-closing tasks).
+    pub fn new(config: &config::Upstream, tls: rustls::ClientConfig) -> Self {
+        Self {
+            default: Upstream::new(config, tls.clone()),
+            config: config.clone(),
+            tls,
+            siblings: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn default_upstream(&self) -> &Upstream {
+        &self.default
+    }
+
+    /// The upstream of another host, an allowed and checked host name.
+    pub fn sibling(&self, host: &str, now: Instant) -> Option<Arc<Upstream>> {
+        let mut siblings = self.siblings.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(sibling) = siblings
+            .iter_mut()
+            .find(|s| s.host.eq_ignore_ascii_case(host))
+        {
+            sibling.used = now;
+            return Some(sibling.upstream.clone());
+        }
+        // A host unused for longer than its connections stay idle has none left.
+        let idle = self.config.pool_idle_timeout;
+        siblings.retain(|s| now.saturating_duration_since(s.used) < idle);
+        if siblings.len() >= MAX_SIBLINGS
+            && let Some(oldest) = (0..siblings.len()).min_by_key(|&i| siblings[i].used)
+        {
+            siblings.swap_remove(oldest);
+        }
+        let upstream = Arc::new(Upstream::sibling(&self.config, host, self.tls.clone())?);
+        siblings.push(Sibling {
+            host: host.to_ascii_lowercase().into(),
+            upstream: upstream.clone(),
+            used: now,
+        });
+        Some(upstream)
     }
 }
 

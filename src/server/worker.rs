@@ -11,7 +11,7 @@ use crate::config;
 use crate::proxy::Proxy;
 use crate::proxy::exchange::RequestIds;
 use crate::proxy::snapshot::SharedSnapshot;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::Upstreams;
 use crate::telemetry::metrics::Metrics;
 
 pub struct Worker {
@@ -40,9 +40,9 @@ impl Worker {
         runtime.block_on(async move {
             // The header-read and response timeouts of this worker's requests run on it.
             tokio::spawn(crate::timer::drive());
-            let upstream = Upstream::new(&self.upstream, self.tls);
+            let upstreams = Upstreams::new(&self.upstream, self.tls);
             let proxy = Arc::new(Proxy::new(
-                upstream,
+                upstreams,
                 self.snapshot,
                 self.metrics,
                 self.request_ids,
