@@ -9,6 +9,7 @@ pub mod exchange;
 pub mod headers;
 pub mod pool;
 pub mod resolve;
+pub mod rewrite;
 pub mod route;
 pub mod snapshot;
 pub mod target;

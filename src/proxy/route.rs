@@ -16,6 +16,9 @@ pub struct Served {
     /// The default upstream's host name, lower-case.
     pub default_host: Box<str>,
     pub others: Hosts,
+    /// `http://{authority}` of a plain-http default upstream (loopback only: tests, the
+    /// sandbox), whose URLs are rewritten like the default host's.
+    pub plain_origin: Option<Box<str>>,
 }
 
 /// A request's host (`None`: the default upstream) and the path to judge and forward.
@@ -87,6 +90,7 @@ mod tests {
                 HostPattern::compile("*.dev.azure.com").expect("pattern"),
                 HostPattern::compile("*.visualstudio.com").expect("pattern"),
             ]),
+            plain_origin: None,
         }
     }
 

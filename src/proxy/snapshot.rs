@@ -88,6 +88,8 @@ impl Snapshot {
             hosts: Served {
                 default_host: config.upstream.authority.host().to_ascii_lowercase().into(),
                 others: config.upstream.hosts.clone(),
+                plain_origin: (config.upstream.scheme == http::uri::Scheme::HTTP)
+                    .then(|| format!("http://{}", config.upstream.authority).into()),
             },
             clients: clients.into_boxed_slice(),
             telemetry,
