@@ -16,8 +16,11 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::exchange::{Exchange, Outcome, Upload};
+use super::rewrite_body::RewrittenBody;
 use crate::error::UpstreamFailure;
 use crate::telemetry::metrics::Metrics;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The request body on its way upstream: streamed from the client (its errors mean the client went
 /// away mid-upload), or a small body read whole beforehand so the request can be replayed.
@@ -110,12 +113,18 @@ pub struct ResponseBody {
 
 enum Kind {
     Upstream(Incoming),
+    /// Azure DevOps' body with its URLs rewritten.
+    Rewritten(RewrittenBody),
     Local(Option<Bytes>),
 }
 
 impl ResponseBody {
     pub fn upstream(body: Incoming, exchange: Box<Exchange>, status: u16) -> Self {
         Self::new(Kind::Upstream(body), exchange, status)
+    }
+
+    pub fn rewritten(body: RewrittenBody, exchange: Box<Exchange>, status: u16) -> Self {
+        Self::new(Kind::Rewritten(body), exchange, status)
     }
 
     pub fn local(body: Bytes, exchange: Box<Exchange>, status: u16) -> Self {
@@ -143,18 +152,23 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        let frame = match &mut this.kind {
+        let frame: Result<Option<Frame<Bytes>>, BoxError> = match &mut this.kind {
             Kind::Local(body) => Ok(body.take().map(Frame::data)),
             Kind::Upstream(inner) => match ready!(Pin::new(inner).poll_frame(cx)) {
                 Some(Ok(frame)) => Ok(Some(frame)),
-                Some(Err(error)) => Err(error),
+                Some(Err(error)) => Err(error.into()),
+                None => Ok(None),
+            },
+            Kind::Rewritten(inner) => match ready!(inner.as_mut().poll_next(cx)) {
+                Some(Ok(data)) => Ok(Some(Frame::data(data))),
+                Some(Err(error)) => Err(error.into()),
                 None => Ok(None),
             },
         };
@@ -195,6 +209,7 @@ impl Body for ResponseBody {
         match &self.kind {
             Kind::Local(body) => body.is_none(),
             Kind::Upstream(inner) => inner.is_end_stream(),
+            Kind::Rewritten(_) => false,
         }
     }
 
@@ -203,6 +218,7 @@ impl Body for ResponseBody {
             Kind::Local(Some(body)) => SizeHint::with_exact(body.len() as u64),
             Kind::Local(None) => SizeHint::with_exact(0),
             Kind::Upstream(inner) => inner.size_hint(),
+            Kind::Rewritten(_) => SizeHint::default(),
         }
     }
 }

@@ -182,6 +182,10 @@ impl Exchange {
         self.request_id.clone()
     }
 
+    pub fn method(&self) -> &Method {
+        &self.method
+    }
+
     pub fn snapshot(&self) -> &Arc<Snapshot> {
         &self.snapshot
     }

@@ -10,13 +10,14 @@ pub mod headers;
 pub mod pool;
 pub mod resolve;
 pub mod rewrite;
+pub mod rewrite_body;
 pub mod route;
 pub mod snapshot;
 pub mod target;
 pub mod upstream;
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -28,6 +29,8 @@ use hyper::body::Incoming;
 
 use self::body::{ResponseBody, UploadBody};
 use self::exchange::{Exchange, RequestIds};
+use self::rewrite::UrlMap;
+use self::rewrite_body::{rewrite_response, rewritten};
 use self::snapshot::{SharedSnapshot, Snapshot};
 use self::upstream::{Upstream, Upstreams};
 use crate::error::{Rejection, UpstreamFailure};
@@ -174,6 +177,9 @@ pub struct Proxy {
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
     request_ids: Arc<RequestIds>,
+    /// The public URL last derived from a request's `Host` (no `listen.public_url`): clients of
+    /// one listener almost always send the same one.
+    derived_public_url: Mutex<Option<(HeaderValue, Arc<UrlMap>)>>,
 }
 
 impl Proxy {
@@ -188,6 +194,7 @@ impl Proxy {
             snapshot,
             metrics,
             request_ids,
+            derived_public_url: Mutex::new(None),
         }
     }
 
@@ -208,6 +215,7 @@ impl Proxy {
             request.method().clone(),
             request.uri().clone(),
         ));
+        let public_url = self.public_url(exchange.snapshot(), request.headers());
         let mut start = match admit(exchange.snapshot(), &request) {
             Ok(Admitted {
                 client,
@@ -241,20 +249,62 @@ impl Proxy {
                     .take()
                     .unwrap_or(Rejection::BadRequest("request rejected"))),
             };
-            self.respond(result, exchange)
+            self.respond(result, exchange, public_url)
         }
+    }
+
+    /// What absolute Azure DevOps URLs in this request's response become: `listen.public_url`,
+    /// or, on a loopback listener without one, `http://` and the `Host` the client used.
+    fn public_url(&self, snapshot: &Snapshot, headers: &http::HeaderMap) -> Option<Arc<UrlMap>> {
+        if let Some(configured) = &snapshot.public_url {
+            return Some(configured.clone());
+        }
+        let host = headers.get(http::header::HOST)?;
+        let mut derived = self
+            .derived_public_url
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((seen, map)) = &*derived
+            && seen == host
+        {
+            return Some(map.clone());
+        }
+        let authority = http::uri::Authority::try_from(host.as_bytes()).ok()?;
+        let map = Arc::new(UrlMap::new(&format!("http://{authority}")));
+        *derived = Some((host.clone(), map.clone()));
+        Some(map)
     }
 
     fn respond(
         &self,
         result: Result<Response<Incoming>, Rejection>,
         exchange: Box<Exchange>,
+        public_url: Option<Arc<UrlMap>>,
     ) -> Response<ResponseBody> {
         let request_id = exchange.request_id_header();
         let mut response = match result {
             Ok(response) => {
-                let status = response.status().as_u16();
-                response.map(|body| ResponseBody::upstream(body, exchange, status))
+                let (mut parts, body) = response.into_parts();
+                let status = parts.status.as_u16();
+                let snapshot = exchange.snapshot();
+                let rewrite = public_url.and_then(|map| {
+                    rewrite_response(
+                        exchange.method(),
+                        parts.status,
+                        &mut parts.headers,
+                        snapshot,
+                        &map,
+                    )
+                    .map(|encoding| (encoding, map))
+                });
+                let body = match rewrite {
+                    Some((encoding, map)) => {
+                        let body = rewritten(body, encoding, snapshot.clone(), map);
+                        ResponseBody::rewritten(body, exchange, status)
+                    }
+                    None => ResponseBody::upstream(body, exchange, status),
+                };
+                Response::from_parts(parts, body)
             }
             Err(rejection) => {
                 self.count_rejection(&rejection);

@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use super::authenticate::Inbound;
+use super::rewrite::UrlMap;
 use super::route::Served;
 use crate::config::{Config, DEFAULT_IDENTITY, InboundMode};
 use crate::policy::Allowlist;
@@ -27,6 +28,8 @@ pub struct Snapshot {
     pub inbound: Inbound,
     /// The Azure DevOps hosts requests may go to.
     pub hosts: Served,
+    /// `listen.public_url`; unset, each request's `Host` on a loopback listener.
+    pub public_url: Option<Arc<UrlMap>>,
     /// Indexed by what [`Inbound::authenticate`] returns.
     pub clients: Box<[Client]>,
     /// How telemetry names and counts each client, at the same index.
@@ -85,6 +88,11 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             inbound,
+            public_url: config
+                .listen
+                .public_url
+                .as_deref()
+                .map(|url| Arc::new(UrlMap::new(url))),
             hosts: Served {
                 default_host: config.upstream.authority.host().to_ascii_lowercase().into(),
                 others: config.upstream.hosts.clone(),
