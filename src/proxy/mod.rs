@@ -21,7 +21,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::uri::PathAndQuery;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -31,6 +30,7 @@ use self::body::{ResponseBody, UploadBody};
 use self::exchange::{Exchange, RequestIds};
 use self::rewrite::UrlMap;
 use self::rewrite_body::{rewrite_response, rewritten};
+use self::route::Mount;
 use self::snapshot::{SharedSnapshot, Snapshot};
 use self::upstream::{Upstream, Upstreams};
 use crate::error::{Rejection, UpstreamFailure};
@@ -113,8 +113,8 @@ fn unavailable(token: &TokenCache) -> Rejection {
 struct Admitted {
     client: usize,
     rule: usize,
-    /// Another Azure DevOps host than the default upstream, and the path and query to send it.
-    mount: Option<(Box<str>, PathAndQuery)>,
+    /// The request came under `/_host/{name}`: the host and what to send it.
+    mount: Option<Mount>,
 }
 
 /// Why a request is answered by the proxy itself, and the client when it was known by then (a
@@ -327,21 +327,21 @@ impl Proxy {
     fn start(
         &self,
         token: Arc<TokenCache>,
-        mount: Option<(Box<str>, PathAndQuery)>,
+        mount: Option<Mount>,
         request: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Start {
         let (mut parts, body) = request.into_parts();
-        let upstream = match mount {
-            None => None,
-            Some((host, path_and_query)) => {
-                parts.uri = Uri::from(path_and_query);
+        let mut upstream = None;
+        if let Some((host, target)) = mount {
+            parts.uri = Uri::from(target);
+            if let Some(host) = host {
                 match self.upstreams.sibling(&host, Instant::now()) {
-                    Some(upstream) => Some(upstream),
+                    Some(sibling) => upstream = Some(sibling),
                     None => return Start::Rejected(Some(Rejection::UnknownHost(host))),
                 }
             }
-        };
+        }
         let destination = Destination { token, upstream };
         let body = match self.classify_upload(body, exchange) {
             Upload::Ready(body) => body,
@@ -613,7 +613,7 @@ fn admit(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<Admitted, R
                 path: uri.path().to_string(),
             })
         })?;
-    let mount = route.mounted(uri.query()).map_err(|_| {
+    let mount = route.mount(uri.query()).map_err(|_| {
         refused(Rejection::BadRequest(
             "The request target is not a valid path",
         ))

@@ -25,27 +25,36 @@ pub struct Served {
 pub struct Route<'a> {
     pub host: Option<&'a str>,
     pub path: &'a str,
+    /// The request named its host in a `/_host/{name}` prefix, which is not sent on.
+    mounted: bool,
 }
 
+/// A mounted request's host (`None`: the default upstream, named) and what to send it.
+pub type Mount = (Option<Box<str>>, PathAndQuery);
+
 impl Route<'_> {
-    /// For another host: its name and the target to send it, the path without the mount.
-    pub fn mounted(
-        &self,
-        query: Option<&str>,
-    ) -> Result<Option<(Box<str>, PathAndQuery)>, InvalidUri> {
-        let Some(host) = self.host else {
+    /// For a request under `/_host/{name}`: the host and the target without the prefix.
+    pub fn mount(&self, query: Option<&str>) -> Result<Option<Mount>, InvalidUri> {
+        if !self.mounted {
             return Ok(None);
-        };
+        }
         let target = match query {
             Some(query) => PathAndQuery::try_from(format!("{}?{query}", self.path))?,
             None => PathAndQuery::try_from(self.path)?,
         };
-        Ok(Some((host.to_ascii_lowercase().into(), target)))
+        Ok(Some((
+            self.host.map(|h| h.to_ascii_lowercase().into()),
+            target,
+        )))
     }
 }
 
 pub fn route<'a>(path: &'a str, served: &Served) -> Result<Route<'a>, Rejection> {
-    let default = Route { host: None, path };
+    let default = Route {
+        host: None,
+        path,
+        mounted: false,
+    };
     // Case-blind: `/_HOST/...` must not reach the default upstream as a path it never meant.
     let Some(prefix) = path.get(..MOUNT.len()) else {
         return Ok(default);
@@ -67,7 +76,11 @@ pub fn route<'a>(path: &'a str, served: &Served) -> Result<Route<'a>, Rejection>
         "`/_host/{name}/...` needs a plain host name (letters, digits, '-' and '.')",
     ))?;
     if name.eq_ignore_ascii_case(&served.default_host) {
-        return Ok(Route { host: None, path });
+        return Ok(Route {
+            host: None,
+            path,
+            mounted: true,
+        });
     }
     if !served.others.allows(name) {
         return Err(Rejection::UnknownHost(name.to_ascii_lowercase().into()));
@@ -75,6 +88,7 @@ pub fn route<'a>(path: &'a str, served: &Served) -> Result<Route<'a>, Rejection>
     Ok(Route {
         host: Some(name),
         path,
+        mounted: true,
     })
 }
 
@@ -101,6 +115,10 @@ mod tests {
         assert_eq!((r.host, r.path), (None, "/contoso/_apis/projects"));
         let r = route("/_host/DEV.AZURE.COM/contoso/x", &served).expect("default by name");
         assert_eq!((r.host, r.path), (None, "/contoso/x"));
+        let (host, target) = r.mount(None).expect("uri").expect("mounted");
+        assert_eq!((host, target.as_str()), (None, "/contoso/x"));
+        let r = route("/contoso/x", &served).expect("default");
+        assert!(r.mount(None).expect("uri").is_none());
         let r = route(
             "/_host/pkgs.dev.azure.com/contoso/_packaging/f/pypi/simple/",
             &served,
@@ -108,8 +126,8 @@ mod tests {
         .expect("pkgs");
         assert_eq!(r.host, Some("pkgs.dev.azure.com"));
         assert_eq!(r.path, "/contoso/_packaging/f/pypi/simple/");
-        let (host, target) = r.mounted(Some("a=1")).expect("uri").expect("mounted");
-        assert_eq!(&*host, "pkgs.dev.azure.com");
+        let (host, target) = r.mount(Some("a=1")).expect("uri").expect("mounted");
+        assert_eq!(host.as_deref(), Some("pkgs.dev.azure.com"));
         assert_eq!(target.as_str(), "/contoso/_packaging/f/pypi/simple/?a=1");
         let r = route("/_host/contoso.visualstudio.com", &served).expect("bare host");
         assert_eq!(r.path, "/");

@@ -13,6 +13,7 @@ mod deploy;
 mod forwarding;
 mod git;
 mod harness;
+mod hosts;
 mod identities;
 mod layout;
 mod streaming;

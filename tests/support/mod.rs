@@ -7,6 +7,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod assertion;
+pub mod azure;
 pub mod devops;
 pub mod entra;
 pub mod fixtures;

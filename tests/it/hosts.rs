@@ -1,0 +1,246 @@
+//! All of Azure DevOps through one proxy URL, against fakes under the real host names: sibling
+//! hosts at `/_host/{name}/...`, rules per host, absolute URLs in responses rewritten back to
+//! the proxy, and storage links left for the client to fetch without any credential.
+
+use http::StatusCode;
+use tokio::io::AsyncReadExt as _;
+
+use crate::access::Keys;
+use crate::harness::{Options, Stack, basic};
+use crate::support::azure::{BLOB_BYTES, FakeAzure, FakeBlob};
+use crate::support::{self, Reply};
+
+struct Hosts {
+    stack: Stack,
+    azure: FakeAzure,
+    blob: FakeBlob,
+    key: String,
+}
+
+/// The proxy in keys mode in front of the fake under Azure DevOps' names, with one client whose
+/// rules name the default upstream, pkgs.dev.azure.com and the legacy hosts.
+async fn hosts_stack(listen_toml: &str) -> Hosts {
+    let blob = FakeBlob::start().await;
+    let azure = FakeAzure::start(blob.url()).await;
+    let key = ado_auth_proxy::keys::generate().expect("random");
+    let stack = Stack::start_with(Options {
+        upstream_url: Some("https://dev.azure.com".into()),
+        upstream_toml: format!(
+            "ca_file = \"{}\"\n{}",
+            FakeAzure::ca_file().display(),
+            azure.resolve_toml()
+        ),
+        listen_toml: listen_toml.into(),
+        access_toml: format!(
+            r#"
+            [inbound]
+            mode = "keys"
+
+            [[clients]]
+            name = "feeds"
+            key_sha256 = "{}"
+            allow = [
+              {{ methods = ["GET"], path = "/contoso/_apis/**" }},
+              {{ methods = ["GET"], path = "/contoso/_redirect/**" }},
+              {{ host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/_packaging/**" }},
+              {{ host = "*.visualstudio.com", methods = ["GET"], path = "/**" }},
+            ]
+            "#,
+            Keys::hash(&key)
+        ),
+        ..Options::default()
+    })
+    .await;
+    azure.trust(&stack.entra.config().signing_key);
+    Hosts {
+        stack,
+        azure,
+        blob,
+        key,
+    }
+}
+
+impl Hosts {
+    async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Reply {
+        let authorization = basic("tool", &self.key);
+        let mut all = vec![("authorization", authorization.as_str())];
+        all.extend_from_slice(headers);
+        support::get(&self.stack.url(path), &all).await
+    }
+
+    /// What every host of the fake received: the token, valid, and never the client key.
+    fn assert_only_tokens_reached_azure(&self) {
+        let seen = self.azure.seen();
+        assert!(!seen.is_empty());
+        for request in &seen {
+            assert!(request.token_valid, "{request:?}");
+            let authorization = request.authorization.as_deref().unwrap_or_default();
+            assert!(!authorization.contains(&self.key), "{request:?}");
+        }
+        for authorization in self.blob.authorizations() {
+            assert_eq!(authorization, None, "a credential reached the blob store");
+        }
+    }
+}
+
+#[tokio::test]
+async fn sibling_hosts_are_served_by_name_and_judged_by_their_own_rules() {
+    let h = hosts_stack("").await;
+    let pkgs = h
+        .get(
+            "/_host/pkgs.dev.azure.com/contoso/_packaging/feed/pypi/simple/?x=1",
+            &[],
+        )
+        .await;
+    assert_eq!(pkgs.status, StatusCode::OK, "{}", pkgs.text());
+    assert_eq!(pkgs.json()["host"], "pkgs.dev.azure.com");
+    assert_eq!(
+        pkgs.json()["target"],
+        "/contoso/_packaging/feed/pypi/simple/?x=1"
+    );
+    let legacy = h
+        .get("/_host/contoso.visualstudio.com/_apis/projects", &[])
+        .await;
+    assert_eq!(legacy.status, StatusCode::OK, "{}", legacy.text());
+    assert_eq!(legacy.json()["host"], "contoso.visualstudio.com");
+    // The default host by name is the root: judged by the default host's rules.
+    let by_name = h
+        .get("/_host/DEV.AZURE.COM/contoso/_apis/projects", &[])
+        .await;
+    assert_eq!(by_name.status, StatusCode::OK, "{}", by_name.text());
+    assert_eq!(by_name.json()["host"], "dev.azure.com");
+    assert_eq!(by_name.json()["target"], "/contoso/_apis/projects");
+
+    let before = h.azure.seen().len();
+    // A rule for pkgs is not a rule for the default host, nor for vssps.
+    let wrong_host = h.get("/contoso/_packaging/feed/pypi/simple/", &[]).await;
+    assert_eq!(wrong_host.status, StatusCode::FORBIDDEN);
+    let no_rule = h
+        .get("/_host/vssps.dev.azure.com/contoso/_apis/x", &[])
+        .await;
+    assert_eq!(no_rule.status, StatusCode::FORBIDDEN);
+    for host in ["contoso.blob.core.windows.net", "evil.example"] {
+        let refused = h.get(&format!("/_host/{host}/c/x"), &[]).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{host}");
+        assert!(
+            refused.json()["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(host)
+        );
+    }
+    assert_eq!(
+        h.azure.seen().len(),
+        before,
+        "nothing refused was forwarded"
+    );
+    h.assert_only_tokens_reached_azure();
+}
+
+#[tokio::test]
+async fn absolute_urls_in_bodies_and_redirects_lead_back_to_the_proxy() {
+    let h = hosts_stack("").await;
+    let proxy = format!("http://{}", h.stack.proxy);
+    let areas = h.get("/contoso/_apis/ResourceAreas", &[]).await;
+    assert_eq!(areas.status, StatusCode::OK, "{}", areas.text());
+    assert_eq!(
+        areas.header("content-length"),
+        None,
+        "the rewritten length is not the upstream's"
+    );
+    let text = areas.text();
+    for expected in [
+        format!("\"{proxy}/_host/pkgs.dev.azure.com/contoso/\""),
+        format!(
+            "\"{}\\/_host\\/vsrm.dev.azure.com\\/contoso\\/\"",
+            proxy.replace('/', "\\/")
+        ),
+        format!("\"{proxy}/contoso/\""),
+        format!("\"{proxy}/_host/contoso.visualstudio.com/\""),
+        format!("\"{}/c/artifact.zip?sig=abc\"", h.blob.url()),
+        "\"https://evil.example/x\"".to_string(),
+    ] {
+        assert!(text.contains(&expected), "{expected} not in {text}");
+    }
+    assert!(!text.contains("https://pkgs.dev.azure.com"), "{text}");
+    // Following a rewritten URL works, with the same key.
+    let pkgs_url = format!("{proxy}/_host/pkgs.dev.azure.com/contoso/_packaging/feed/");
+    let followed = h.get(pkgs_url.trim_start_matches(&proxy), &[]).await;
+    assert_eq!(followed.status, StatusCode::OK, "{}", followed.text());
+
+    // gzip: decoded, rewritten, encoded again.
+    let gz = h
+        .get(
+            "/contoso/_apis/ResourceAreas?gzip",
+            &[("accept-encoding", "gzip")],
+        )
+        .await;
+    assert_eq!(gz.header("content-encoding"), Some("gzip"));
+    let mut decoded = String::new();
+    async_compression::tokio::bufread::GzipDecoder::new(&gz.body[..])
+        .read_to_string(&mut decoded)
+        .await
+        .expect("a gzip body");
+    assert!(
+        decoded.contains(&format!("\"{proxy}/_host/pkgs.dev.azure.com/contoso/\"")),
+        "{decoded}"
+    );
+
+    // Binary bodies pass as they are.
+    let binary = h.get("/contoso/_apis/binary", &[]).await;
+    assert_eq!(binary.text(), "https://dev.azure.com/ stays in a binary");
+
+    // A redirect to an allowed host comes back through the proxy; one to storage stays as is.
+    let to_pkgs = h.get("/contoso/_redirect/pkgs", &[]).await;
+    assert_eq!(to_pkgs.status, StatusCode::FOUND);
+    assert_eq!(
+        to_pkgs.header("location"),
+        Some(
+            format!("{proxy}/_host/pkgs.dev.azure.com/contoso/_packaging/feed/pypi/simple/")
+                .as_str()
+        )
+    );
+    let to_blob = h.get("/contoso/_redirect/blob", &[]).await;
+    assert_eq!(
+        to_blob.header("location"),
+        Some(format!("{}/c/blob.bin?sv=2024&sig=abc", h.blob.url()).as_str())
+    );
+    h.assert_only_tokens_reached_azure();
+}
+
+#[tokio::test]
+async fn a_configured_public_url_is_what_urls_become() {
+    let h = hosts_stack("public_url = \"https://ado-proxy.example:8443/\"\n").await;
+    let areas = h.get("/contoso/_apis/ResourceAreas", &[]).await;
+    assert!(
+        areas
+            .text()
+            .contains("\"https://ado-proxy.example:8443/_host/pkgs.dev.azure.com/contoso/\""),
+        "{}",
+        areas.text()
+    );
+}
+
+#[tokio::test]
+async fn curl_follows_a_storage_redirect_directly_and_without_a_credential() {
+    let h = hosts_stack("").await;
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "-L", "--fail", "-u"])
+        .arg(format!("tool:{}", h.key))
+        .arg(h.stack.url("/contoso/_redirect/blob"))
+        .output()
+        .await
+        .expect("run curl");
+    assert!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.stdout, BLOB_BYTES);
+    assert_eq!(
+        h.blob.authorizations(),
+        vec![None],
+        "fetched once, with no credential"
+    );
+    h.assert_only_tokens_reached_azure();
+}

@@ -1,0 +1,307 @@
+//! Fake Azure DevOps under its real host names: one TLS listener on 127.0.0.1 with a certificate
+//! for `dev.azure.com`, `*.dev.azure.com` and `*.visualstudio.com` (tests/fixtures, issued by a
+//! test CA the proxy trusts through `upstream.ca_file`), which the proxy reaches through
+//! `upstream.resolve`. It tells the hosts apart by `Host` (or h2's `:authority`), lets only a
+//! Bearer JWT signed with the shared key past its 401, and answers with the absolute URLs Azure
+//! DevOps hands out: resource areas on sibling hosts, feed links, redirects to other hosts and to
+//! blob storage.
+//!
+//! Beside it, a plain-HTTP fake blob store that refuses any request carrying `Authorization`, as
+//! Azure Storage does for SAS URLs.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::json;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use super::{Body, Server, fixtures, full, json_response, jwt};
+
+/// The host names the fake answers for, as `upstream.resolve` must map them.
+pub const HOSTS: [&str; 5] = [
+    "dev.azure.com",
+    "pkgs.dev.azure.com",
+    "vssps.dev.azure.com",
+    "vsrm.dev.azure.com",
+    "contoso.visualstudio.com",
+];
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub host: String,
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    pub authorization: Option<String>,
+    /// A Bearer JWT with the shared key's signature, not expired.
+    pub token_valid: bool,
+}
+
+pub struct FakeAzure {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    /// The fake Entra ID's signing key, once it is known.
+    key: Arc<OnceLock<Vec<u8>>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeAzure {
+    /// `blob`: the URL of the blob store its redirects point to. Until [`FakeAzure::trust`],
+    /// every request gets a 401.
+    pub async fn start(blob: String) -> FakeAzure {
+        let acceptor = acceptor();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let recorder = seen.clone();
+        let key: Arc<OnceLock<Vec<u8>>> = Arc::default();
+        let state = Arc::new((key.clone(), blob));
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, recorder, state) =
+                    (acceptor.clone(), recorder.clone(), state.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let (recorder, state) = (recorder.clone(), state.clone());
+                        async move {
+                            Ok::<_, std::convert::Infallible>(
+                                answer(&recorder, state.0.get(), &state.1, request).await,
+                            )
+                        }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        FakeAzure {
+            addr,
+            seen,
+            key,
+            task,
+        }
+    }
+
+    /// Accepts tokens signed with the fake Entra ID's key.
+    pub fn trust(&self, signing_key: &[u8]) {
+        let _ = self.key.set(signing_key.to_vec());
+    }
+
+    /// `upstream.resolve` lines that send every fake host name here.
+    pub fn resolve_toml(&self) -> String {
+        let mut toml = String::from("[upstream.resolve]\n");
+        for host in HOSTS {
+            toml.push_str(&format!("\"{host}\" = \"{}\"\n", self.addr));
+        }
+        toml
+    }
+
+    pub fn ca_file() -> std::path::PathBuf {
+        fixtures::path("devops-ca.pem")
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("seen lock").clone()
+    }
+}
+
+impl Drop for FakeAzure {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn acceptor() -> tokio_rustls::TlsAcceptor {
+    let certificate =
+        CertificateDer::from_pem_file(fixtures::path("devops-cert.pem")).expect("fixture cert");
+    let key =
+        PrivateKeyDer::from_pem_file(fixtures::path("devops-key.pk8.pem")).expect("fixture key");
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![certificate], key)
+    .expect("server config");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// What Azure DevOps' Resource Areas answer looks like: absolute URLs on sibling hosts, one
+/// written the way some serializers escape slashes, and a storage URL that must stay as it is.
+pub fn resource_areas(blob: &str) -> String {
+    format!(
+        r#"{{"count":4,"value":[
+{{"id":"pkgs","name":"Packaging","locationUrl":"https://pkgs.dev.azure.com/contoso/"}},
+{{"id":"release","name":"Release","locationUrl":"https:\/\/vsrm.dev.azure.com\/contoso\/"}},
+{{"id":"core","name":"Core","locationUrl":"https://dev.azure.com/contoso/"}},
+{{"id":"legacy","name":"Legacy","locationUrl":"https://contoso.visualstudio.com/"}}],
+"artifact":"{blob}/c/artifact.zip?sig=abc","elsewhere":"https://evil.example/x"}}"#
+    )
+}
+
+async fn answer(
+    recorder: &Mutex<Vec<Seen>>,
+    signing_key: Option<&Vec<u8>>,
+    blob: &str,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let host = request
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            request
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+        })
+        .unwrap_or_default();
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let token_valid = authorization
+        .as_deref()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|token| signing_key.is_some_and(|key| jwt::verify(token, key).is_ok()));
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    recorder.lock().expect("seen lock").push(Seen {
+        host: host.clone(),
+        method: request.method().to_string(),
+        target: target.clone(),
+        authorization,
+        token_valid,
+    });
+    if !token_valid {
+        let mut response = json_response(StatusCode::UNAUTHORIZED, &json!({"message": "TF400813"}));
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer authorization_uri=https://login.microsoftonline.com/x"
+                .parse()
+                .expect("header"),
+        );
+        return response;
+    }
+    let gzip = request
+        .headers()
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    let path = request.uri().path();
+    match (host.as_str(), path) {
+        ("dev.azure.com", "/contoso/_apis/ResourceAreas") => {
+            let body = resource_areas(blob);
+            let mut builder = Response::builder()
+                .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+                .header(header::CONTENT_LENGTH, body.len());
+            let body = if gzip && request.uri().query() == Some("gzip") {
+                let mut encoder =
+                    async_compression::tokio::write::GzipEncoder::new(Vec::<u8>::new());
+                encoder.write_all(body.as_bytes()).await.expect("gzip");
+                encoder.shutdown().await.expect("gzip");
+                let compressed = encoder.into_inner();
+                builder = Response::builder()
+                    .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+                    .header(header::CONTENT_ENCODING, "gzip")
+                    .header(header::CONTENT_LENGTH, compressed.len());
+                Bytes::from(compressed)
+            } else {
+                Bytes::from(body)
+            };
+            builder.body(full(body)).expect("response")
+        }
+        ("dev.azure.com", "/contoso/_redirect/pkgs") => {
+            redirect("https://pkgs.dev.azure.com/contoso/_packaging/feed/pypi/simple/")
+        }
+        ("dev.azure.com", "/contoso/_redirect/blob") => {
+            redirect(&format!("{blob}/c/blob.bin?sv=2024&sig=abc"))
+        }
+        ("dev.azure.com", "/contoso/_apis/binary") => Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(full(Bytes::from_static(
+                b"https://dev.azure.com/ stays in a binary",
+            )))
+            .expect("response"),
+        _ => json_response(
+            StatusCode::OK,
+            &json!({ "host": host, "target": target, "self": format!("https://{host}{path}") }),
+        ),
+    }
+}
+
+fn redirect(location: &str) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::FOUND)
+        .header(header::LOCATION, location)
+        .body(full(Bytes::new()))
+        .expect("response")
+}
+
+/// A blob store behind SAS URLs: any `Authorization` header is refused, as Azure Storage does.
+pub struct FakeBlob {
+    server: Server,
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
+}
+
+pub const BLOB_BYTES: &[u8] = b"blob bytes, fetched with the SAS signature only";
+
+impl FakeBlob {
+    pub async fn start() -> FakeBlob {
+        let authorizations: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let recorder = authorizations.clone();
+        let server = Server::start(move |request: Request<Incoming>| {
+            let recorder = recorder.clone();
+            async move {
+                let authorization = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                let refused = authorization.is_some();
+                recorder.lock().expect("blob lock").push(authorization);
+                if refused {
+                    return Response::builder()
+                        .status(StatusCode::FORBIDDEN)
+                        .body(full("AuthenticationFailed: Authorization with a SAS"))
+                        .expect("response");
+                }
+                Response::new(full(BLOB_BYTES))
+            }
+        })
+        .await;
+        FakeBlob {
+            server,
+            authorizations,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        self.server.url()
+    }
+
+    /// The `Authorization` header of every request, `None` where there was none.
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.authorizations.lock().expect("blob lock").clone()
+    }
+}
