@@ -6,6 +6,9 @@
 //! - `GET /small`: a fixed ~300-byte JSON body (an Azure DevOps-shaped project list entry);
 //! - `GET /download?bytes=N`: N bytes with `content-length`, streamed from one static 64 KiB
 //!   chunk (each frame is a `Bytes` slice of it: no allocation and no copy per chunk);
+//! - `GET /json?bytes=N`: N bytes of JSON-shaped text (`application/json`) with two absolute
+//!   Azure DevOps URLs in every 256 bytes, streamed like `/download` from a static chunk: the
+//!   proxy rewrites every one of them;
 //! - `POST|PUT /upload`: drains the request body and answers the byte count as text;
 //! - `POST /{tenant}/oauth2/v2.0/token`: an Entra ID-shaped token response with a ~1400-character
 //!   opaque access token, so the proxy can use this server as its `authority`;
@@ -82,7 +85,17 @@ impl Body for Download {
 
 struct State {
     chunk: Bytes,
+    /// 64 KiB of 256-byte JSON-shaped records, each with two Azure DevOps URLs.
+    json_chunk: Bytes,
     token_response: Bytes,
+}
+
+/// One record of `/json`: exactly 256 bytes.
+fn json_record() -> Vec<u8> {
+    let mut record = br#"{"id":"eb6e4656","url":"https://dev.azure.com/fabrikam/_apis/projects/eb6e4656","feed":"https://pkgs.dev.azure.com/fabrikam/_packaging/internal/nuget/v3/index.json","#.to_vec();
+    record.resize(254, b' ');
+    record.extend_from_slice(b"},");
+    record
 }
 
 fn full(
@@ -155,6 +168,25 @@ async fn handle(
             }
             None => full(StatusCode::BAD_REQUEST, "text/plain", "want ?bytes=N\n"),
         },
+        (&Method::GET, "/json") => match query_bytes(req.uri().query()) {
+            Some(n) => {
+                let mut resp = Response::new(
+                    Download {
+                        chunk: state.json_chunk.clone(),
+                        remaining: n,
+                    }
+                    .boxed(),
+                );
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/json; charset=utf-8"),
+                );
+                resp.headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from(n));
+                resp
+            }
+            None => full(StatusCode::BAD_REQUEST, "text/plain", "want ?bytes=N\n"),
+        },
         (&Method::POST | &Method::PUT, "/upload") => {
             let n = drain(req.into_body()).await?;
             full(StatusCode::OK, "text/plain", format!("{n}\n"))
@@ -209,6 +241,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     .to_string();
     let state = Arc::new(State {
         chunk: Bytes::from(vec![b'x'; CHUNK_SIZE]),
+        json_chunk: Bytes::from(json_record().repeat(CHUNK_SIZE / 256)),
         token_response: Bytes::from(token_response),
     });
 
