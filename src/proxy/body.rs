@@ -127,7 +127,8 @@ impl ResponseBody {
         Self::new(Kind::Rewritten(body), exchange, status)
     }
 
-    pub fn local(body: Bytes, exchange: Box<Exchange>, status: u16) -> Self {
+    /// A body already whole: the proxy's own answer, or a small upstream body rewritten.
+    pub fn whole(body: Bytes, exchange: Box<Exchange>, status: u16) -> Self {
         Self::new(Kind::Local(Some(body)), exchange, status)
     }
 

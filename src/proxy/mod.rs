@@ -29,7 +29,9 @@ use hyper::body::Incoming;
 use self::body::{ResponseBody, UploadBody};
 use self::exchange::{Exchange, RequestIds};
 use self::rewrite::UrlMap;
-use self::rewrite_body::{rewrite_response, rewritten};
+use self::rewrite_body::{
+    Encoding, Outbound, WHOLE_BODY_BYTES, rewrite_response, rewrite_whole, rewritten,
+};
 use self::route::Mount;
 use self::snapshot::{SharedSnapshot, Snapshot};
 use self::upstream::{Upstream, Upstreams};
@@ -166,6 +168,13 @@ enum Upload {
     ReadWhole(Incoming),
 }
 
+/// How a response goes back, once its headers are rewritten.
+enum Planned {
+    Ready(Response<Outbound>),
+    /// A small body to read and rewrite whole first.
+    RewriteWhole(Response<Incoming>, Arc<UrlMap>),
+}
+
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 static RATE_LIMIT_REMAINING: http::HeaderName =
     http::HeaderName::from_static("x-ratelimit-remaining");
@@ -249,8 +258,52 @@ impl Proxy {
                     .take()
                     .unwrap_or(Rejection::BadRequest("request rejected"))),
             };
-            self.respond(result, exchange, public_url)
+            let result = match result {
+                Ok(response) => match self.outbound(response, &exchange, public_url) {
+                    Planned::Ready(response) => Ok(response),
+                    // Boxed: most responses need no reading before they go.
+                    Planned::RewriteWhole(response, map) => {
+                        Box::pin(rewrite_whole(response, exchange.snapshot().clone(), map)).await
+                    }
+                },
+                Err(rejection) => Err(rejection),
+            };
+            self.respond(result, exchange)
         }
+    }
+
+    /// Rewrites URL-bearing headers and picks how the body goes: untouched, rewritten as it
+    /// streams, or (small, of known length, not encoded) read and rewritten whole, which keeps
+    /// its `Content-Length` and costs no stream machinery.
+    fn outbound(
+        &self,
+        response: Response<Incoming>,
+        exchange: &Exchange,
+        public_url: Option<Arc<UrlMap>>,
+    ) -> Planned {
+        let (mut parts, body) = response.into_parts();
+        let snapshot = exchange.snapshot();
+        let Some((encoding, map)) = public_url.and_then(|map| {
+            rewrite_response(
+                exchange.method(),
+                parts.status,
+                &mut parts.headers,
+                snapshot,
+                &map,
+            )
+            .map(|encoding| (encoding, map))
+        }) else {
+            return Planned::Ready(Response::from_parts(parts, Outbound::Streamed(body)));
+        };
+        let small = body
+            .size_hint()
+            .exact()
+            .is_some_and(|length| length <= WHOLE_BODY_BYTES);
+        if encoding == Encoding::Identity && small {
+            return Planned::RewriteWhole(Response::from_parts(parts, body), map);
+        }
+        let body = rewritten(body, encoding, snapshot.clone(), map);
+        Planned::Ready(Response::from_parts(parts, Outbound::Rewritten(body)))
     }
 
     /// What absolute Azure DevOps URLs in this request's response become: `listen.public_url`,
@@ -277,34 +330,18 @@ impl Proxy {
 
     fn respond(
         &self,
-        result: Result<Response<Incoming>, Rejection>,
+        result: Result<Response<Outbound>, Rejection>,
         exchange: Box<Exchange>,
-        public_url: Option<Arc<UrlMap>>,
     ) -> Response<ResponseBody> {
         let request_id = exchange.request_id_header();
         let mut response = match result {
             Ok(response) => {
-                let (mut parts, body) = response.into_parts();
-                let status = parts.status.as_u16();
-                let snapshot = exchange.snapshot();
-                let rewrite = public_url.and_then(|map| {
-                    rewrite_response(
-                        exchange.method(),
-                        parts.status,
-                        &mut parts.headers,
-                        snapshot,
-                        &map,
-                    )
-                    .map(|encoding| (encoding, map))
-                });
-                let body = match rewrite {
-                    Some((encoding, map)) => {
-                        let body = rewritten(body, encoding, snapshot.clone(), map);
-                        ResponseBody::rewritten(body, exchange, status)
-                    }
-                    None => ResponseBody::upstream(body, exchange, status),
-                };
-                Response::from_parts(parts, body)
+                let status = response.status().as_u16();
+                response.map(|body| match body {
+                    Outbound::Streamed(body) => ResponseBody::upstream(body, exchange, status),
+                    Outbound::Rewritten(body) => ResponseBody::rewritten(body, exchange, status),
+                    Outbound::Whole(body) => ResponseBody::whole(body, exchange, status),
+                })
             }
             Err(rejection) => {
                 self.count_rejection(&rejection);
@@ -314,7 +351,7 @@ impl Proxy {
                 let status = rejection.status().as_u16();
                 rejection
                     .to_response(request_id.to_str().unwrap_or_default())
-                    .map(|body| ResponseBody::local(body, exchange, status))
+                    .map(|body| ResponseBody::whole(body, exchange, status))
             }
         };
         response

@@ -7,6 +7,8 @@
 //! any other host (storage SAS links, CDNs) are left exactly as they are. The scan streams: a URL
 //! split across chunks is carried over in a window of a few hundred bytes, never more.
 
+use std::sync::LazyLock;
+
 use bytes::{Bytes, BytesMut};
 use memchr::memmem;
 
@@ -14,6 +16,9 @@ use super::route::Served;
 
 /// `https:\/\/` + the longest DNS name + `:65535`: the most a URL's start can need to be judged.
 const MAX_URL_START: usize = 10 + 253 + 6;
+
+/// Built once: a searcher's set-up costs more than searching a small body.
+static HTTP: LazyLock<memmem::Finder<'static>> = LazyLock::new(|| memmem::Finder::new(b"http"));
 
 /// What URLs are rewritten to, for one response.
 pub struct UrlMap {
@@ -60,8 +65,7 @@ pub fn rewrite_into(
 ) -> usize {
     let mut written = 0;
     let mut at = 0;
-    let finder = memmem::Finder::new(b"http");
-    while let Some(found) = finder.find(&input[at..]) {
+    while let Some(found) = HTTP.find(&input[at..]) {
         let start = at + found;
         match judge(&input[start..], last, served) {
             Found::Rewrite { len, host, escaped } => {
@@ -201,7 +205,7 @@ fn judge(input: &[u8], last: bool, served: &Served) -> Found {
 
 /// A whole value at once (a `Location` header).
 pub fn rewrite_all(input: &[u8], served: &Served, map: &UrlMap) -> Option<Bytes> {
-    memmem::find(input, b"http")?;
+    HTTP.find(input)?;
     let mut out = BytesMut::with_capacity(input.len() + 64);
     rewrite_into(input, true, served, map, &mut out);
     (out.as_ref() != input).then(|| out.freeze())
@@ -224,10 +228,7 @@ impl Rewriter {
 
     pub fn push(&mut self, chunk: Bytes, served: &Served, map: &UrlMap) -> Bytes {
         // Most chunks of most bodies hold no URL at all: pass them on as they are.
-        if self.carry.is_empty()
-            && memmem::find(&chunk, b"http").is_none()
-            && !ends_in_url_start(&chunk)
-        {
+        if self.carry.is_empty() && HTTP.find(&chunk).is_none() && !ends_in_url_start(&chunk) {
             return chunk;
         }
         let input: &[u8] = if self.carry.is_empty() {

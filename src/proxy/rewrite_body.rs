@@ -14,14 +14,15 @@ use async_compression::tokio::bufread::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt as _};
-use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use http_body_util::BodyDataStream;
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyDataStream, BodyExt as _};
 use hyper::body::Incoming;
 use tokio::io::AsyncRead;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::rewrite::{Rewriter, UrlMap, rewrite_all};
 use super::snapshot::Snapshot;
+use crate::error::{Rejection, UpstreamFailure};
 
 /// Read size of the decoding and encoding stages: large enough that a 50 MiB body is not a
 /// million small reads.
@@ -29,6 +30,36 @@ const STAGE_BYTES: usize = 64 * 1024;
 
 /// A rewritten body's bytes.
 pub type RewrittenBody = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send>>;
+
+/// Bodies of known length up to this are read and rewritten whole (API answers, indexes);
+/// larger ones stream.
+pub const WHOLE_BODY_BYTES: u64 = 64 * 1024;
+
+/// A response body as it goes to the client.
+pub enum Outbound {
+    Streamed(Incoming),
+    Rewritten(RewrittenBody),
+    Whole(Bytes),
+}
+
+/// Reads a small body whole and rewrites it, with the `Content-Length` of the result.
+pub async fn rewrite_whole(
+    response: Response<Incoming>,
+    snapshot: Arc<Snapshot>,
+    map: Arc<UrlMap>,
+) -> Result<Response<Outbound>, Rejection> {
+    let (mut parts, body) = response.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|_| Rejection::Upstream(UpstreamFailure::ResponseBody))?
+        .to_bytes();
+    let body = rewrite_all(&body, &snapshot.hosts, &map).unwrap_or(body);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Ok(Response::from_parts(parts, Outbound::Whole(body)))
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Encoding {
@@ -38,7 +69,7 @@ pub enum Encoding {
     Brotli,
 }
 
-static LINK: header::HeaderName = header::LINK;
+static CONTENT_MD5: header::HeaderName = header::HeaderName::from_static("content-md5");
 
 /// Rewrites the URL-bearing headers, and says whether (and how encoded) the body is to be
 /// rewritten. `None`: the body passes untouched.
@@ -49,49 +80,66 @@ pub fn rewrite_response(
     snapshot: &Snapshot,
     map: &UrlMap,
 ) -> Option<Encoding> {
-    for name in [&header::LOCATION, &header::CONTENT_LOCATION, &LINK] {
-        if let Some(rewritten) = headers
-            .get(name)
-            .and_then(|value| rewrite_all(value.as_bytes(), &snapshot.hosts, map))
-            .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
+    // One pass over the names instead of a hashed lookup per header of interest: responses have
+    // a handful of headers and most of these are absent.
+    let (mut urls, mut rewritable, mut encoding, mut stale) = (false, false, None, false);
+    for (name, value) in headers.iter() {
+        if name == header::LOCATION || name == header::CONTENT_LOCATION || name == header::LINK {
+            urls = true;
+        } else if name == header::CONTENT_TYPE {
+            rewritable = holds_urls(value.as_bytes());
+        } else if name == header::CONTENT_ENCODING {
+            encoding = Some(encoding_of(value.as_bytes()));
+        } else if name == header::CONTENT_RANGE
+            || name == header::ACCEPT_RANGES
+            || name == CONTENT_MD5
         {
-            headers.insert(name, rewritten);
+            stale = true;
         }
     }
-    if *method == Method::HEAD
+    if urls {
+        for name in [header::LOCATION, header::CONTENT_LOCATION, header::LINK] {
+            if let Some(rewritten) = headers
+                .get(&name)
+                .and_then(|value| rewrite_all(value.as_bytes(), &snapshot.hosts, map))
+                .and_then(|value| HeaderValue::from_maybe_shared(value).ok())
+            {
+                headers.insert(name, rewritten);
+            }
+        }
+    }
+    if !rewritable
+        || *method == Method::HEAD
         || matches!(
             status,
             StatusCode::NO_CONTENT | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
         )
-        || !headers
-            .get(header::CONTENT_TYPE)
-            .is_some_and(|value| holds_urls(value.as_bytes()))
     {
         return None;
     }
-    let encoding = match headers
-        .get(header::CONTENT_ENCODING)
-        .map(HeaderValue::as_bytes)
-    {
-        None => Encoding::Identity,
-        Some(value) => match value.trim_ascii() {
-            v if v.eq_ignore_ascii_case(b"identity") => Encoding::Identity,
-            v if v.eq_ignore_ascii_case(b"gzip") || v.eq_ignore_ascii_case(b"x-gzip") => {
-                Encoding::Gzip
-            }
-            v if v.eq_ignore_ascii_case(b"deflate") => Encoding::Deflate,
-            v if v.eq_ignore_ascii_case(b"br") => Encoding::Brotli,
-            // Stacked or unknown encodings: passed as they are rather than guessed at.
-            _ => return None,
-        },
-    };
-    // The rewritten length is known only at the end; a digest or range of the original would
-    // no longer describe it.
+    // Stacked or unknown encodings are passed as they are rather than guessed at.
+    let encoding = encoding.unwrap_or(Some(Encoding::Identity))?;
+    // A range or digest of the original no longer describes the rewritten body; its length is
+    // set again (whole) or dropped (streamed) by the caller's choice.
     headers.remove(header::CONTENT_LENGTH);
-    headers.remove(header::CONTENT_RANGE);
-    headers.remove(header::ACCEPT_RANGES);
-    headers.remove("content-md5");
+    if stale {
+        headers.remove(header::CONTENT_RANGE);
+        headers.remove(header::ACCEPT_RANGES);
+        headers.remove(&CONTENT_MD5);
+    }
     Some(encoding)
+}
+
+fn encoding_of(value: &[u8]) -> Option<Encoding> {
+    match value.trim_ascii() {
+        v if v.eq_ignore_ascii_case(b"identity") => Some(Encoding::Identity),
+        v if v.eq_ignore_ascii_case(b"gzip") || v.eq_ignore_ascii_case(b"x-gzip") => {
+            Some(Encoding::Gzip)
+        }
+        v if v.eq_ignore_ascii_case(b"deflate") => Some(Encoding::Deflate),
+        v if v.eq_ignore_ascii_case(b"br") => Some(Encoding::Brotli),
+        _ => None,
+    }
 }
 
 /// JSON (also `+json` types: git LFS, PyPI's simple API), HTML and XML (also `+xml`).
