@@ -249,3 +249,79 @@ async fn curl_follows_a_storage_redirect_directly_and_without_a_credential() {
     );
     h.assert_only_tokens_reached_azure();
 }
+
+/// A minimal valid wheel of `demo` 1.0, made by Python's own zipfile.
+async fn demo_wheel(dir: &std::path::Path) -> Vec<u8> {
+    let path = dir.join("demo-1.0-py3-none-any.whl");
+    let script = r#"
+import sys, zipfile
+files = {
+    "demo/__init__.py": "VERSION = '1.0'\n",
+    "demo-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: demo\nVersion: 1.0\n",
+    "demo-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+files["demo-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in files) + "demo-1.0.dist-info/RECORD,,\n"
+with zipfile.ZipFile(sys.argv[1], "w") as wheel:
+    for name, text in files.items():
+        wheel.writestr(name, text)
+"#;
+    let status = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .status()
+        .await
+        .expect("run python3");
+    assert!(status.success(), "building the wheel");
+    std::fs::read(&path).expect("wheel")
+}
+
+#[tokio::test]
+async fn pip_downloads_from_a_feed_through_guid_links_and_a_storage_redirect() {
+    let h = hosts_stack("").await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let wheel = demo_wheel(work.path()).await;
+    h.blob.store("demo-1.0-py3-none-any.whl", wheel.clone());
+    let index = format!(
+        "http://tool:{}@{}/_host/pkgs.dev.azure.com/contoso/_packaging/internal/pypi/simple/",
+        h.key, h.stack.proxy
+    );
+    let downloads = work.path().join("downloads");
+    let output = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--isolated",
+            "--no-deps",
+            "--no-cache-dir",
+        ])
+        .args(["--disable-pip-version-check", "--index-url", &index, "-d"])
+        .arg(&downloads)
+        .arg("demo==1.0")
+        .env("PIP_CONFIG_FILE", "/dev/null")
+        // Anything not on loopback would go to a dead proxy, never to a public index.
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .output()
+        .await
+        .expect("run pip");
+    assert!(
+        output.status.success(),
+        "pip: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let fetched = std::fs::read(downloads.join("demo-1.0-py3-none-any.whl")).expect("downloaded");
+    assert!(fetched == wheel, "the wheel arrived whole");
+    let seen = h.azure.seen();
+    assert!(
+        seen.iter().any(|r| r.host == "pkgs.dev.azure.com"
+            && r.target.starts_with(&format!(
+                "/contoso/_packaging/{}/",
+                crate::support::azure::FEED_ID
+            ))),
+        "pip followed the rewritten GUID link through the proxy: {seen:?}"
+    );
+    h.assert_only_tokens_reached_azure();
+}

@@ -27,6 +27,9 @@ use tokio::task::JoinHandle;
 
 use super::{Body, Server, fixtures, full, json_response, jwt};
 
+/// The feed `internal` of `contoso`, as its service indexes and download links name it.
+pub const FEED_ID: &str = "0f1e2d3c-4b5a-4697-8899-aabbccddeeff";
+
 /// The host names the fake answers for, as `upstream.resolve` must map them.
 pub const HOSTS: [&str; 5] = [
     "dev.azure.com",
@@ -238,6 +241,22 @@ async fn answer(
         ("dev.azure.com", "/contoso/_redirect/blob") => {
             redirect(&format!("{blob}/c/blob.bin?sv=2024&sig=abc"))
         }
+        ("pkgs.dev.azure.com", "/contoso/_packaging/internal/pypi/simple/demo/") => {
+            let wheel = "demo-1.0-py3-none-any.whl";
+            let html = format!(
+                "<!DOCTYPE html><html><body>\n<a href=\"https://pkgs.dev.azure.com/contoso/_packaging/{FEED_ID}/pypi/download/demo/1.0/{wheel}\">{wheel}</a>\n</body></html>\n"
+            );
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
+                .body(full(html))
+                .expect("response")
+        }
+        ("pkgs.dev.azure.com", p)
+            if p.starts_with(&format!("/contoso/_packaging/{FEED_ID}/pypi/download/")) =>
+        {
+            let file = p.rsplit('/').next().unwrap_or_default();
+            redirect(&format!("{blob}/c/{file}?sv=2024&sig=abc"))
+        }
         ("dev.azure.com", "/contoso/_apis/binary") => Response::builder()
             .header(header::CONTENT_TYPE, "application/octet-stream")
             .body(full(Bytes::from_static(
@@ -263,6 +282,7 @@ fn redirect(location: &str) -> Response<Body> {
 pub struct FakeBlob {
     server: Server,
     authorizations: Arc<Mutex<Vec<Option<String>>>>,
+    files: Arc<Mutex<Vec<(String, Bytes)>>>,
 }
 
 pub const BLOB_BYTES: &[u8] = b"blob bytes, fetched with the SAS signature only";
@@ -270,9 +290,11 @@ pub const BLOB_BYTES: &[u8] = b"blob bytes, fetched with the SAS signature only"
 impl FakeBlob {
     pub async fn start() -> FakeBlob {
         let authorizations: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let files: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
         let recorder = authorizations.clone();
+        let stored = files.clone();
         let server = Server::start(move |request: Request<Incoming>| {
-            let recorder = recorder.clone();
+            let (recorder, stored) = (recorder.clone(), stored.clone());
             async move {
                 let authorization = request
                     .headers()
@@ -286,14 +308,30 @@ impl FakeBlob {
                         .body(full("AuthenticationFailed: Authorization with a SAS"))
                         .expect("response");
                 }
-                Response::new(full(BLOB_BYTES))
+                let path = request.uri().path();
+                let file = stored
+                    .lock()
+                    .expect("files lock")
+                    .iter()
+                    .find(|(name, _)| path.strip_prefix("/c/") == Some(name.as_str()))
+                    .map(|(_, bytes)| bytes.clone());
+                Response::new(full(file.unwrap_or(Bytes::from_static(BLOB_BYTES))))
             }
         })
         .await;
         FakeBlob {
             server,
             authorizations,
+            files,
         }
+    }
+
+    /// Serves `bytes` at `/c/{name}` (anything else gets [`BLOB_BYTES`]).
+    pub fn store(&self, name: &str, bytes: Vec<u8>) {
+        self.files
+            .lock()
+            .expect("files lock")
+            .push((name.to_owned(), Bytes::from(bytes)));
     }
 
     pub fn url(&self) -> String {
