@@ -26,6 +26,9 @@ pub struct HostPattern {
     /// A leading `*.`: one or more labels before `labels`.
     any_subdomain: bool,
     labels: Box<[Label]>,
+    /// Without an inner `*`: the literal labels joined, with the leading dot of `*.`. The
+    /// response rewriter asks for every URL it meets, so the common patterns compare bytes.
+    literal: Option<Box<str>>,
     text: Box<str>,
 }
 
@@ -60,7 +63,19 @@ impl HostPattern {
         if labels.iter().all(|l| *l == Label::One) {
             return Err(error("must hold at least one literal label"));
         }
+        let literal = labels
+            .iter()
+            .all(|l| matches!(l, Label::Literal(_)))
+            .then(|| {
+                let joined = rest.to_ascii_lowercase();
+                if any_subdomain {
+                    format!(".{joined}").into()
+                } else {
+                    joined.into()
+                }
+            });
         Ok(HostPattern {
+            literal,
             any_subdomain,
             labels: labels.into_boxed_slice(),
             text: text.to_ascii_lowercase().into(),
@@ -69,6 +84,13 @@ impl HostPattern {
 
     /// `host` is a checked name (see [`host_name`]).
     pub fn matches(&self, host: &str) -> bool {
+        if let Some(literal) = &self.literal {
+            return if self.any_subdomain {
+                ends_with_ignoring_case(host, literal) && host.len() > literal.len()
+            } else {
+                host.eq_ignore_ascii_case(literal)
+            };
+        }
         let mut labels = host.rsplit('.');
         for pattern in self.labels.iter().rev() {
             match (pattern, labels.next()) {
@@ -107,12 +129,16 @@ pub fn host_name(raw: &str) -> Option<&str> {
 /// carry a credential.
 pub fn is_storage_host(host: &str) -> bool {
     let host = host.trim_end_matches('.');
-    ["core.windows.net", "vsassets.io"].iter().any(|domain| {
-        host.len() >= domain.len()
-            && host[host.len() - domain.len()..].eq_ignore_ascii_case(domain)
-            && (host.len() == domain.len()
-                || host.as_bytes()[host.len() - domain.len() - 1] == b'.')
-    })
+    [".core.windows.net", ".vsassets.io"]
+        .iter()
+        .any(|subdomain| {
+            ends_with_ignoring_case(host, subdomain) || host.eq_ignore_ascii_case(&subdomain[1..])
+        })
+}
+
+fn ends_with_ignoring_case(host: &str, suffix: &str) -> bool {
+    host.len() >= suffix.len()
+        && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
 /// The hosts the proxy serves besides its default upstream.

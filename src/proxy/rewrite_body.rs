@@ -12,7 +12,7 @@ use async_compression::Level;
 use async_compression::tokio::bufread::{
     BrotliDecoder, BrotliEncoder, GzipDecoder, GzipEncoder, ZlibDecoder, ZlibEncoder,
 };
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, TryStreamExt as _};
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyDataStream, BodyExt as _};
@@ -48,12 +48,26 @@ pub async fn rewrite_whole(
     snapshot: Arc<Snapshot>,
     map: Arc<UrlMap>,
 ) -> Result<Response<Outbound>, Rejection> {
-    let (mut parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|_| Rejection::Upstream(UpstreamFailure::ResponseBody))?
-        .to_bytes();
+    let (mut parts, mut body) = response.into_parts();
+    // Most small bodies arrive as one frame: kept as it is, not copied into a collection.
+    let (mut whole, mut joined) = (Bytes::new(), None::<BytesMut>);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| Rejection::Upstream(UpstreamFailure::ResponseBody))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match &mut joined {
+            Some(joined) => joined.extend_from_slice(&data),
+            None if whole.is_empty() => whole = data,
+            None => {
+                let mut both = BytesMut::with_capacity(whole.len() + data.len());
+                both.extend_from_slice(&whole);
+                both.extend_from_slice(&data);
+                joined = Some(both);
+            }
+        }
+    }
+    let body = joined.map_or(whole, BytesMut::freeze);
     let body = rewrite_all(&body, &snapshot.hosts, &map).unwrap_or(body);
     parts
         .headers
