@@ -302,7 +302,7 @@ async fn pip_downloads_from_a_feed_through_guid_links_and_a_storage_redirect() {
         // Anything not on loopback would go to a dead proxy, never to a public index.
         .env("HTTP_PROXY", "http://127.0.0.1:9")
         .env("HTTPS_PROXY", "http://127.0.0.1:9")
-        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("NO_PROXY", "127.0.0.1,127.0.0.2,localhost")
         .output()
         .await
         .expect("run pip");
@@ -322,6 +322,124 @@ async fn pip_downloads_from_a_feed_through_guid_links_and_a_storage_redirect() {
                 crate::support::azure::FEED_ID
             ))),
         "pip followed the rewritten GUID link through the proxy: {seen:?}"
+    );
+    h.assert_only_tokens_reached_azure();
+}
+
+/// An npm tarball of `demo` 1.0.0 (`package/package.json` and `package/index.js`), by Python's
+/// tarfile.
+async fn demo_tarball(dir: &std::path::Path) -> Vec<u8> {
+    let path = dir.join("demo-1.0.0.tgz");
+    let script = r#"
+import io, sys, tarfile
+files = {
+    "package/package.json": '{"name":"demo","version":"1.0.0","main":"index.js"}\n',
+    "package/index.js": "module.exports = 'demo 1.0.0';\n",
+}
+with tarfile.open(sys.argv[1], "w:gz") as tgz:
+    for name, text in files.items():
+        data = text.encode()
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        tgz.addfile(info, io.BytesIO(data))
+"#;
+    let status = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .status()
+        .await
+        .expect("run python3");
+    assert!(status.success(), "building the tarball");
+    std::fs::read(&path).expect("tarball")
+}
+
+#[tokio::test]
+async fn npm_installs_from_a_feed_through_an_absolute_tarball_url() {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let h = hosts_stack("").await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let tarball = demo_tarball(work.path()).await;
+    h.blob.store("demo-1.0.0.tgz", tarball.clone());
+    let integrity = format!(
+        "sha512-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&tarball))
+    );
+    let feed = crate::support::azure::FEED_ID;
+    h.azure.serve(
+        "pkgs.dev.azure.com",
+        "/contoso/_packaging/internal/npm/registry/demo",
+        "application/json",
+        serde_json::json!({
+            "name": "demo",
+            "dist-tags": { "latest": "1.0.0" },
+            "versions": { "1.0.0": {
+                "name": "demo",
+                "version": "1.0.0",
+                "dist": {
+                    "tarball": format!("https://pkgs.dev.azure.com/contoso/_packaging/{feed}/npm/registry/demo/-/demo-1.0.0.tgz"),
+                    "integrity": integrity,
+                }
+            }}
+        })
+        .to_string(),
+    );
+    let project = work.path().join("app");
+    std::fs::create_dir(&project).expect("project dir");
+    std::fs::write(
+        project.join("package.json"),
+        r#"{"name":"app","version":"1.0.0","private":true}"#,
+    )
+    .expect("package.json");
+    let proxy = h.stack.proxy;
+    let npmrc = work.path().join("npmrc");
+    std::fs::write(
+        &npmrc,
+        format!(
+            "registry=http://{proxy}/_host/pkgs.dev.azure.com/contoso/_packaging/internal/npm/registry/\n\
+             //{proxy}/:username=tool\n//{proxy}/:_password={}\n",
+            base64::engine::general_purpose::STANDARD.encode(&h.key)
+        ),
+    )
+    .expect("npmrc");
+    let output = tokio::process::Command::new("npm")
+        .args([
+            "install",
+            "demo",
+            "--no-audit",
+            "--no-fund",
+            "--loglevel=warn",
+        ])
+        .arg("--userconfig")
+        .arg(&npmrc)
+        .arg("--globalconfig")
+        .arg(work.path().join("no-global-npmrc"))
+        .arg("--cache")
+        .arg(work.path().join("cache"))
+        .current_dir(&project)
+        // Anything not on loopback would go to a dead proxy, never to a public registry.
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,127.0.0.2,localhost")
+        .env("npm_config_update_notifier", "false")
+        .output()
+        .await
+        .expect("run npm");
+    assert!(
+        output.status.success(),
+        "npm: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let installed =
+        std::fs::read_to_string(project.join("node_modules/demo/index.js")).expect("installed");
+    assert!(installed.contains("demo 1.0.0"));
+    let seen = h.azure.seen();
+    assert!(
+        seen.iter().any(|r| r
+            .target
+            .contains(&format!("/_packaging/{feed}/npm/registry/demo/-/"))),
+        "npm fetched the tarball through the proxy: {seen:?}"
     );
     h.assert_only_tokens_reached_azure();
 }

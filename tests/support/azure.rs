@@ -50,9 +50,13 @@ pub struct Seen {
     pub token_valid: bool,
 }
 
+/// An answer a test sets up: (host, path, content type, body).
+type Canned = (String, String, String, Bytes);
+
 pub struct FakeAzure {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
+    canned: Arc<Mutex<Vec<Canned>>>,
     /// The fake Entra ID's signing key, once it is known.
     key: Arc<OnceLock<Vec<u8>>>,
     task: JoinHandle<()>,
@@ -68,7 +72,8 @@ impl FakeAzure {
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let recorder = seen.clone();
         let key: Arc<OnceLock<Vec<u8>>> = Arc::default();
-        let state = Arc::new((key.clone(), blob));
+        let canned: Arc<Mutex<Vec<Canned>>> = Arc::default();
+        let state = Arc::new((key.clone(), blob, canned.clone()));
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, recorder, state) =
@@ -81,7 +86,7 @@ impl FakeAzure {
                         let (recorder, state) = (recorder.clone(), state.clone());
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                answer(&recorder, state.0.get(), &state.1, request).await,
+                                answer(&recorder, state.0.get(), &state.1, &state.2, request).await,
                             )
                         }
                     });
@@ -94,9 +99,20 @@ impl FakeAzure {
         FakeAzure {
             addr,
             seen,
+            canned,
             key,
             task,
         }
+    }
+
+    /// Answers `GET https://{host}{path}` (with a valid token) with this body.
+    pub fn serve(&self, host: &str, path: &str, content_type: &str, body: impl Into<Bytes>) {
+        self.canned.lock().expect("canned lock").push((
+            host.to_owned(),
+            path.to_owned(),
+            content_type.to_owned(),
+            body.into(),
+        ));
     }
 
     /// Accepts tokens signed with the fake Entra ID's key.
@@ -162,6 +178,7 @@ async fn answer(
     recorder: &Mutex<Vec<Seen>>,
     signing_key: Option<&Vec<u8>>,
     blob: &str,
+    canned: &Mutex<Vec<Canned>>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let host = request
@@ -213,7 +230,23 @@ async fn answer(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
     let path = request.uri().path();
+    let set_up = canned
+        .lock()
+        .expect("canned lock")
+        .iter()
+        .find(|(h, p, _, _)| *h == host && p == path)
+        .map(|(_, _, content_type, body)| (content_type.clone(), body.clone()));
+    if let Some((content_type, body)) = set_up {
+        return Response::builder()
+            .header(header::CONTENT_TYPE, content_type)
+            .body(full(body))
+            .expect("response");
+    }
     match (host.as_str(), path) {
+        ("pkgs.dev.azure.com", p) if p.contains("/npm/registry/") && p.contains("/-/") => {
+            let file = p.rsplit('/').next().unwrap_or_default();
+            redirect(&format!("{blob}/c/{file}?sv=2024&sig=abc"))
+        }
         ("dev.azure.com", "/contoso/_apis/ResourceAreas") => {
             let body = resource_areas(blob);
             let mut builder = Response::builder()
@@ -293,7 +326,10 @@ impl FakeBlob {
         let files: Arc<Mutex<Vec<(String, Bytes)>>> = Arc::default();
         let recorder = authorizations.clone();
         let stored = files.clone();
-        let server = Server::start(move |request: Request<Incoming>| {
+        // Its own host name (127.0.0.2), as storage is in production: clients that keep
+        // credentials across a redirect to the same name on another port would be tested for
+        // nothing.
+        let server = Server::start_on("127.0.0.2:0", move |request: Request<Incoming>| {
             let (recorder, stored) = (recorder.clone(), stored.clone());
             async move {
                 let authorization = request

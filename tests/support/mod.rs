@@ -49,9 +49,19 @@ impl Server {
         F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Response<Body>> + Send + 'static,
     {
-        let listener = TcpListener::bind("127.0.0.1:0")
+        Self::start_on("127.0.0.1:0", handler).await
+    }
+
+    /// On another loopback address (`127.0.0.2:0`), for a server that must not share its host
+    /// name with the others.
+    pub async fn start_on<F, Fut>(address: &str, handler: F) -> Server
+    where
+        F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind(address)
             .await
-            .expect("bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind {address}: {e}"));
         let addr = listener
             .local_addr()
             .expect("local addr of a bound listener");
