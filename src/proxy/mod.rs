@@ -302,6 +302,7 @@ impl Proxy {
         if encoding == Encoding::Identity && small {
             return Planned::RewriteWhole(Response::from_parts(parts, body), map);
         }
+        parts.headers.remove(http::header::CONTENT_LENGTH);
         let body = rewritten(body, encoding, snapshot.clone(), map);
         Planned::Ready(Response::from_parts(parts, Outbound::Rewritten(body)))
     }

@@ -68,10 +68,15 @@ pub async fn rewrite_whole(
         }
     }
     let body = joined.map_or(whole, BytesMut::freeze);
-    let body = rewrite_all(&body, &snapshot.hosts, &map).unwrap_or(body);
-    parts
-        .headers
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let body = match rewrite_all(&body, &snapshot.hosts, &map) {
+        Some(rewritten) => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(rewritten.len()));
+            rewritten
+        }
+        None => body,
+    };
     Ok(Response::from_parts(parts, Outbound::Whole(body)))
 }
 
@@ -133,9 +138,8 @@ pub fn rewrite_response(
     }
     // Stacked or unknown encodings are passed as they are rather than guessed at.
     let encoding = encoding.unwrap_or(Some(Encoding::Identity))?;
-    // A range or digest of the original no longer describes the rewritten body; its length is
-    // set again (whole) or dropped (streamed) by the caller's choice.
-    headers.remove(header::CONTENT_LENGTH);
+    // A range or digest of the original no longer describes the rewritten body, nor does its
+    // length, which the caller sets again (whole) or drops (streamed).
     if stale {
         headers.remove(header::CONTENT_RANGE);
         headers.remove(header::ACCEPT_RANGES);
