@@ -6,6 +6,7 @@
 pub mod authenticate;
 pub mod body;
 pub mod exchange;
+mod forward;
 pub mod headers;
 pub mod pool;
 pub mod resolve;
@@ -21,13 +22,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderValue, Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use self::body::{ResponseBody, UploadBody};
 use self::exchange::{Exchange, RequestIds};
+use self::forward::{Destination, Forward, Outgoing, Replay};
 use self::rewrite::UrlMap;
 use self::rewrite_body::{
     Encoding, Outbound, WHOLE_BODY_BYTES, rewrite_response, rewrite_whole, rewritten,
@@ -40,68 +42,8 @@ use crate::policy::{RequestHost, Segments};
 use crate::telemetry::metrics::Metrics;
 use crate::token::TokenCache;
 
-/// How long a request whose token Azure DevOps refused waits for a renewed one.
-const RENEWAL_WAIT: Duration = Duration::from_secs(30);
 /// A body small enough to keep for a replay arrives within this, or the request is refused.
 const KEPT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What is needed to send a request again; only requests with a kept body have one. The headers
-/// are kept as a list rather than a second `HeaderMap`: a map costs two allocations, and almost
-/// every replay copy is dropped unused.
-#[derive(Clone)]
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    body: Option<Bytes>,
-}
-
-impl Replay {
-    fn new(parts: &http::request::Parts, body: Option<Bytes>) -> Self {
-        let mut headers = Vec::with_capacity(parts.headers.len());
-        headers.extend(
-            parts
-                .headers
-                .iter()
-                .map(|(name, value)| (name.clone(), value.clone())),
-        );
-        Self {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers,
-            body,
-        }
-    }
-
-    fn into_request(self) -> Request<UploadBody> {
-        let mut request = Request::new(UploadBody::Kept(self.body));
-        *request.method_mut() = self.method;
-        *request.uri_mut() = self.uri;
-        *request.version_mut() = Version::HTTP_11;
-        let headers = request.headers_mut();
-        headers.reserve(self.headers.len());
-        for (name, value) in self.headers {
-            headers.append(name, value);
-        }
-        request
-    }
-}
-
-/// Azure DevOps' ways of refusing a token: 401, or (without `X-TFS-FedAuthRedirect: Suppress`
-/// honoured) a 203 sign-in page or a redirect to sign-in.
-fn token_refused(response: &Response<Incoming>) -> bool {
-    match response.status() {
-        StatusCode::UNAUTHORIZED | StatusCode::NON_AUTHORITATIVE_INFORMATION => true,
-        status if status.is_redirection() => response
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|location| {
-                location.contains("/_signin") || location.contains("login.microsoftonline.com")
-            }),
-        _ => false,
-    }
-}
 
 /// No usable token: the client is told when to try again.
 fn unavailable(token: &TokenCache) -> Rejection {
@@ -135,24 +77,6 @@ impl From<Rejection> for Refused {
     }
 }
 
-/// Where an admitted request goes, with whose token.
-struct Destination {
-    /// The calling client's identity's token cache.
-    token: Arc<TokenCache>,
-    /// `None`: the default upstream.
-    upstream: Option<Arc<Upstream>>,
-}
-
-/// A request admitted and rewritten for Azure DevOps.
-struct Outgoing {
-    destination: Destination,
-    /// The token it carries, to tell Entra ID which one Azure DevOps refused.
-    bearer: HeaderValue,
-    /// Taken by the connection that sends it; put back if none did.
-    request: Option<Request<UploadBody>>,
-    replay: Option<Replay>,
-}
-
 /// Where a request stands before anything is awaited.
 // Not boxed: `Ready` is the common case, and a box would cost every request an allocation.
 #[allow(clippy::large_enum_variant)]
@@ -176,9 +100,6 @@ enum Planned {
 }
 
 static REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
-static RATE_LIMIT_REMAINING: http::HeaderName =
-    http::HeaderName::from_static("x-ratelimit-remaining");
-
 /// One worker's request path: its own upstream connections, and the configuration every worker
 /// reads.
 pub struct Proxy {
@@ -453,38 +374,15 @@ impl Proxy {
         outgoing: &mut Outgoing,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
-        let upstream = self.upstream_of(&outgoing.destination);
-        let mut response = self
-            .send(
-                upstream,
-                &mut outgoing.request,
-                exchange,
-                outgoing.replay.as_ref(),
-            )
-            .await?;
-        let token = &outgoing.destination.token;
-        if token_refused(&response) {
-            let status = response.status();
-            // Not read: its connection is closed rather than held while a new token comes.
-            drop(response);
-            // Boxed: the rare path would otherwise double the size of every request's future,
-            // which hyper moves several times per request.
-            response = Box::pin(self.renew_and_replay(
-                upstream,
-                token,
-                &outgoing.bearer,
-                outgoing.replay.take(),
-                status,
-                exchange,
-            ))
-            .await?;
-        }
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(Rejection::UpstreamUpgrade);
-        }
-        self.observe_rate_limits(token.identity(), &response);
-        headers::prepare_response(response.headers_mut());
-        Ok(response)
+        // Held apart from `outgoing`, which the exchange borrows mutably.
+        let sibling = outgoing.destination.upstream.clone();
+        let forward = Forward {
+            upstream: sibling
+                .as_deref()
+                .unwrap_or_else(|| self.upstreams.default_upstream()),
+            metrics: &self.metrics,
+        };
+        forward.forward(outgoing, exchange).await
     }
 
     fn upstream_of<'a>(&'a self, destination: &'a Destination) -> &'a Upstream {
@@ -513,85 +411,6 @@ impl Proxy {
         ))
     }
 
-    /// Sends the request; once more from `replay` if Azure DevOps refused it unprocessed (see
-    /// `SendError::unprocessed`), which no connection retry inside `Upstream` can do for a
-    /// request hyper already took.
-    async fn send(
-        &self,
-        upstream: &Upstream,
-        request: &mut Option<Request<UploadBody>>,
-        exchange: &mut Exchange,
-        replay: Option<&Replay>,
-    ) -> Result<Response<Incoming>, Rejection> {
-        let sent_at = Instant::now();
-        let mut result = upstream.send(request, sent_at).await;
-        if let (Err(error), Some(replay)) = (&result, replay) {
-            if error.unprocessed {
-                tracing::debug!(
-                    request_id = exchange.request_id(),
-                    "refused unprocessed; sending it again"
-                );
-                *request = Some(replay.clone().into_request());
-                result = upstream.send(request, Instant::now()).await;
-            }
-        }
-        let result = result.map_err(|error| error.failure);
-        let elapsed = sent_at.elapsed();
-        exchange.add_upstream_time(elapsed);
-        self.metrics
-            .upstream_duration
-            .observe(elapsed.as_secs_f64());
-        result.map_err(|failure| {
-            // An h2 upstream sees a broken-off upload only as its stream being reset.
-            if failure == UpstreamFailure::Reset && exchange.upload_broke_off() {
-                Rejection::Upstream(UpstreamFailure::ClientAborted)
-            } else {
-                Rejection::Upstream(failure)
-            }
-        })
-    }
-
-    /// Azure DevOps refused a token we believed valid (revoked, or the principal's access changed):
-    /// renew it and replay the request once if its body was kept; never pass the refusal on, as
-    /// git would take its `WWW-Authenticate` for a password prompt.
-    async fn renew_and_replay(
-        &self,
-        upstream: &Upstream,
-        token: &Arc<TokenCache>,
-        refused: &HeaderValue,
-        replay: Option<Replay>,
-        status: StatusCode,
-        exchange: &mut Exchange,
-    ) -> Result<Response<Incoming>, Rejection> {
-        tracing::warn!(
-            identity = token.identity(),
-            request_id = exchange.request_id(),
-            status = status.as_u16(),
-            replayable = replay.is_some(),
-            "Azure DevOps refused the token; renewing it"
-        );
-        let Some(replay) = replay else {
-            token.request_renewal(refused);
-            return Err(Rejection::TokenRefused { replayed: false });
-        };
-        let renewed = token
-            .renew_refused(refused, RENEWAL_WAIT)
-            .await
-            .ok_or(Rejection::TokenRefused { replayed: false })?;
-        let mut request = replay.into_request();
-        request
-            .headers_mut()
-            .insert(http::header::AUTHORIZATION, renewed);
-        exchange.set_replayed();
-        let response = self
-            .send(upstream, &mut Some(request), exchange, None)
-            .await?;
-        if token_refused(&response) {
-            return Err(Rejection::TokenRefused { replayed: true });
-        }
-        Ok(response)
-    }
-
     fn count_rejection(&self, rejection: &Rejection) {
         if let Some(refusal) = rejection.refusal() {
             self.metrics.count_refusal(refusal);
@@ -601,24 +420,6 @@ impl Proxy {
         }
         if let Some(failure) = rejection.upstream_failure() {
             self.metrics.count_upstream_failure(failure);
-        }
-    }
-
-    fn observe_rate_limits(&self, identity: &str, response: &Response<Incoming>) {
-        if response.status() == StatusCode::TOO_MANY_REQUESTS {
-            self.metrics.count_throttled(identity);
-        }
-        // A pass over the names, not a lookup: hashing a name costs more than comparing a
-        // response's few names with it.
-        if let Some(remaining) = response
-            .headers()
-            .iter()
-            .find_map(|(name, value)| (name == RATE_LIMIT_REMAINING).then_some(value))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-        {
-            self.metrics
-                .set_rate_limit_remaining(identity, remaining as i64);
         }
     }
 }

@@ -1,0 +1,235 @@
+//! The exchange with Azure DevOps for an admitted, rewritten request: sending it on the chosen
+//! host's connections, sending it again when Azure DevOps refused it unprocessed, renewing a
+//! refused token and replaying the request once, and reading the throttling signals of the
+//! answer. Nothing here decides who may call or what; that is done before.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+
+use super::body::UploadBody;
+use super::exchange::Exchange;
+use super::headers;
+use super::upstream::Upstream;
+use crate::error::{Rejection, UpstreamFailure};
+use crate::telemetry::metrics::Metrics;
+use crate::token::TokenCache;
+
+/// How long a request whose token Azure DevOps refused waits for a renewed one.
+const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+/// What is needed to send a request again; only requests with a kept body have one. The headers
+/// are kept as a list rather than a second `HeaderMap`: a map costs two allocations, and almost
+/// every replay copy is dropped unused.
+#[derive(Clone)]
+pub(super) struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Option<Bytes>,
+}
+
+impl Replay {
+    pub(super) fn new(parts: &http::request::Parts, body: Option<Bytes>) -> Self {
+        let mut headers = Vec::with_capacity(parts.headers.len());
+        headers.extend(
+            parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), value.clone())),
+        );
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers,
+            body,
+        }
+    }
+
+    fn into_request(self) -> Request<UploadBody> {
+        let mut request = Request::new(UploadBody::Kept(self.body));
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = Version::HTTP_11;
+        let headers = request.headers_mut();
+        headers.reserve(self.headers.len());
+        for (name, value) in self.headers {
+            headers.append(name, value);
+        }
+        request
+    }
+}
+
+/// Azure DevOps' ways of refusing a token: 401, or (without `X-TFS-FedAuthRedirect: Suppress`
+/// honoured) a 203 sign-in page or a redirect to sign-in.
+fn token_refused(response: &Response<Incoming>) -> bool {
+    match response.status() {
+        StatusCode::UNAUTHORIZED | StatusCode::NON_AUTHORITATIVE_INFORMATION => true,
+        status if status.is_redirection() => response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|location| {
+                location.contains("/_signin") || location.contains("login.microsoftonline.com")
+            }),
+        _ => false,
+    }
+}
+
+/// Where an admitted request goes, with whose token.
+pub(super) struct Destination {
+    /// The calling client's identity's token cache.
+    pub(super) token: Arc<TokenCache>,
+    /// `None`: the default upstream.
+    pub(super) upstream: Option<Arc<Upstream>>,
+}
+
+/// A request admitted and rewritten for Azure DevOps.
+pub(super) struct Outgoing {
+    pub(super) destination: Destination,
+    /// The token it carries, to tell Entra ID which one Azure DevOps refused.
+    pub(super) bearer: HeaderValue,
+    /// Taken by the connection that sends it; put back if none did.
+    pub(super) request: Option<Request<UploadBody>>,
+    pub(super) replay: Option<Replay>,
+}
+
+static RATE_LIMIT_REMAINING: http::HeaderName =
+    http::HeaderName::from_static("x-ratelimit-remaining");
+
+/// One request's way to Azure DevOps: the host's connections and where to count.
+pub(super) struct Forward<'a> {
+    pub(super) upstream: &'a Upstream,
+    pub(super) metrics: &'a Metrics,
+}
+
+impl Forward<'_> {
+    /// Sends an admitted request and takes Azure DevOps' answer: a refused token is renewed and
+    /// the request replayed (when it can be), never passed on.
+    pub(super) async fn forward(
+        &self,
+        outgoing: &mut Outgoing,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
+        let mut response = self
+            .send(&mut outgoing.request, exchange, outgoing.replay.as_ref())
+            .await?;
+        let token = &outgoing.destination.token;
+        if token_refused(&response) {
+            let status = response.status();
+            // Not read: its connection is closed rather than held while a new token comes.
+            drop(response);
+            // Boxed: the rare path would otherwise double the size of every request's future,
+            // which hyper moves several times per request.
+            response = Box::pin(self.renew_and_replay(
+                token,
+                &outgoing.bearer,
+                outgoing.replay.take(),
+                status,
+                exchange,
+            ))
+            .await?;
+        }
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Rejection::UpstreamUpgrade);
+        }
+        self.observe_rate_limits(token.identity(), &response);
+        headers::prepare_response(response.headers_mut());
+        Ok(response)
+    }
+
+    /// Sends the request; once more from `replay` if Azure DevOps refused it unprocessed (see
+    /// `SendError::unprocessed`), which no connection retry inside `Upstream` can do for a
+    /// request hyper already took.
+    async fn send(
+        &self,
+        request: &mut Option<Request<UploadBody>>,
+        exchange: &mut Exchange,
+        replay: Option<&Replay>,
+    ) -> Result<Response<Incoming>, Rejection> {
+        let sent_at = Instant::now();
+        let mut result = self.upstream.send(request, sent_at).await;
+        if let (Err(error), Some(replay)) = (&result, replay) {
+            if error.unprocessed {
+                tracing::debug!(
+                    request_id = exchange.request_id(),
+                    "refused unprocessed; sending it again"
+                );
+                *request = Some(replay.clone().into_request());
+                result = self.upstream.send(request, Instant::now()).await;
+            }
+        }
+        let result = result.map_err(|error| error.failure);
+        let elapsed = sent_at.elapsed();
+        exchange.add_upstream_time(elapsed);
+        self.metrics
+            .upstream_duration
+            .observe(elapsed.as_secs_f64());
+        result.map_err(|failure| {
+            // An h2 upstream sees a broken-off upload only as its stream being reset.
+            if failure == UpstreamFailure::Reset && exchange.upload_broke_off() {
+                Rejection::Upstream(UpstreamFailure::ClientAborted)
+            } else {
+                Rejection::Upstream(failure)
+            }
+        })
+    }
+
+    /// Azure DevOps refused a token we believed valid (revoked, or the principal's access changed):
+    /// renew it and replay the request once if its body was kept; never pass the refusal on, as
+    /// git would take its `WWW-Authenticate` for a password prompt.
+    async fn renew_and_replay(
+        &self,
+        token: &Arc<TokenCache>,
+        refused: &HeaderValue,
+        replay: Option<Replay>,
+        status: StatusCode,
+        exchange: &mut Exchange,
+    ) -> Result<Response<Incoming>, Rejection> {
+        tracing::warn!(
+            identity = token.identity(),
+            request_id = exchange.request_id(),
+            status = status.as_u16(),
+            replayable = replay.is_some(),
+            "Azure DevOps refused the token; renewing it"
+        );
+        let Some(replay) = replay else {
+            token.request_renewal(refused);
+            return Err(Rejection::TokenRefused { replayed: false });
+        };
+        let renewed = token
+            .renew_refused(refused, RENEWAL_WAIT)
+            .await
+            .ok_or(Rejection::TokenRefused { replayed: false })?;
+        let mut request = replay.into_request();
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, renewed);
+        exchange.set_replayed();
+        let response = self.send(&mut Some(request), exchange, None).await?;
+        if token_refused(&response) {
+            return Err(Rejection::TokenRefused { replayed: true });
+        }
+        Ok(response)
+    }
+
+    fn observe_rate_limits(&self, identity: &str, response: &Response<Incoming>) {
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            self.metrics.count_throttled(identity);
+        }
+        // A pass over the names, not a lookup: hashing a name costs more than comparing a
+        // response's few names with it.
+        if let Some(remaining) = response
+            .headers()
+            .iter()
+            .find_map(|(name, value)| (name == RATE_LIMIT_REMAINING).then_some(value))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            self.metrics
+                .set_rate_limit_remaining(identity, remaining as i64);
+        }
+    }
+}
