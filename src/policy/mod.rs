@@ -88,8 +88,10 @@ mod tests {
             // case variants of names, and of methods
             ("GET", "/CONTOSO/Web/_GIT/WEB/info/refs", Allow),
             ("GET", "/Contoso/_Apis/Projects", Allow),
-            ("get", "/contoso/_apis/projects", Allow),
-            ("Post", "/contoso/web/_git/web/git-upload-pack", Allow),
+            // Only the canonical spelling is a forwarded method (the target check refuses `get` first).
+            ("get", "/contoso/_apis/projects", Deny),
+            ("Post", "/contoso/web/_git/web/git-upload-pack", Deny),
+            ("POST", "/contoso/web/_git/web/git-upload-pack", Allow),
             ("delete", "/contoso/_apis/projects", Deny),
             ("PUT", "/contoso/web/_git/web/x", Deny),
             // trailing slashes

@@ -11,31 +11,40 @@ use super::path::{Segments, compare_lowercase};
 use super::pattern::{Part, Pattern, PatternError};
 
 /// Methods with a bit of their own; anything else is compared by name.
-const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// The methods the proxy forwards, in their canonical spelling; anything else is refused before
+/// any rule is asked (see `proxy::target`).
+pub const FORWARDED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
-/// Which methods a rule admits: a bit set of the common methods, plus extension methods by name.
-/// Names compare ignoring case, so `get` cannot slip past a rule written for `GET`.
+/// Which methods a rule admits: a bit per forwarded method. Rules are written in any case
+/// (`get`); requests are judged by the canonical method only, so `get` on the wire cannot be
+/// mistaken for `GET`.
 #[derive(Debug, Clone)]
 pub struct Methods {
     any: bool,
     known: u8,
-    others: Box<[Box<str>]>,
 }
 
-/// A request's method, classified once per request rather than once per rule.
-pub struct RequestMethod<'a> {
+/// A request's method, classified once per request rather than once per rule: its bit, or 0 for
+/// a method no rule can admit.
+pub struct RequestMethod {
     bit: u8,
-    name: &'a str,
 }
 
-impl<'a> RequestMethod<'a> {
-    pub fn new(method: &'a Method) -> Self {
-        let name = method.as_str();
-        let bit = KNOWN_METHODS
+impl RequestMethod {
+    pub fn new(method: &Method) -> Self {
+        let bit = FORWARDED_METHODS
             .iter()
-            .position(|known| known.eq_ignore_ascii_case(name))
+            .position(|forwarded| forwarded == method)
             .map_or(0, |i| 1u8 << i);
-        Self { bit, name }
+        Self { bit }
     }
 }
 
@@ -49,37 +58,30 @@ impl Methods {
         let mut methods = Methods {
             any: names.iter().any(|m| m == "*"),
             known: 0,
-            others: Box::default(),
         };
         if methods.any {
             return Ok(methods);
         }
-        let mut others = Vec::new();
         for name in names {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphabetic()) {
                 return Err(PatternError::new(format!("`{name}` is not an HTTP method")));
             }
             let upper = name.to_ascii_uppercase();
-            if upper == "CONNECT" || upper == "TRACE" {
-                return Err(PatternError::new(format!("{upper} is never forwarded")));
-            }
-            match KNOWN_METHODS.iter().position(|known| *known == upper) {
+            match FORWARDED_METHODS.iter().position(|m| m.as_str() == upper) {
                 Some(i) => methods.known |= 1 << i,
-                None => others.push(upper.into_boxed_str()),
+                None => {
+                    return Err(PatternError::new(format!(
+                        "{upper} is never forwarded: the proxy forwards GET, HEAD, POST, PUT, \
+                         PATCH, DELETE and OPTIONS"
+                    )));
+                }
             }
         }
-        methods.others = others.into_boxed_slice();
         Ok(methods)
     }
 
-    fn admits(&self, method: &RequestMethod<'_>) -> bool {
-        self.any
-            || self.known & method.bit != 0
-            || (method.bit == 0
-                && self
-                    .others
-                    .iter()
-                    .any(|name| name.eq_ignore_ascii_case(method.name)))
+    fn admits(&self, method: &RequestMethod) -> bool {
+        method.bit != 0 && (self.any || self.known & method.bit != 0)
     }
 }
 

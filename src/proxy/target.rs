@@ -1,16 +1,20 @@
-//! What a client may ask the proxy to forward: origin-form targets and ordinary methods only.
+//! What a client may ask the proxy to forward: origin-form targets and seven methods, spelled
+//! exactly (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS).
 //!
 //! The upstream is fixed by configuration, so anything that names another host (absolute-form
 //! targets, `CONNECT`) or asks the proxy to act as something other than a reverse proxy (`TRACE`,
 //! `OPTIONS *`) is refused here, before any credential is attached.
 
-use http::{Method, Request, Version};
+use http::{Request, Version};
 
 use crate::error::Rejection;
+use crate::policy::rules::FORWARDED_METHODS;
 
 pub fn check<B>(request: &Request<B>) -> Result<(), Rejection> {
     let method = request.method();
-    if method == Method::CONNECT || method == Method::TRACE {
+    // An explicit set, compared by exact spelling: `trace`, `TRACK` or `get` are methods of
+    // their own to HTTP, and a server behind may still read them as TRACE or GET.
+    if !FORWARDED_METHODS.contains(method) {
         return Err(Rejection::MethodNotAllowed(method.clone()));
     }
     let uri = request.uri();
@@ -60,6 +64,12 @@ mod tests {
             ("OPTIONS", "*"),
             ("CONNECT", "evil.example:443"),
             ("TRACE", "/"),
+            ("trace", "/"),
+            ("TRACK", "/"),
+            ("connect", "/"),
+            ("get", "/"),
+            ("head", "/"),
+            ("PROPFIND", "/"),
         ] {
             assert!(
                 check(&request(method, target, Version::HTTP_11)).is_err(),

@@ -12,6 +12,7 @@ mod cli;
 mod deploy;
 mod forwarding;
 mod git;
+mod hardening;
 mod harness;
 mod hosts;
 mod identities;

@@ -1,0 +1,74 @@
+//! What a security review of the shared deployment asked for, through the real server: each test
+//! fails without its fix.
+
+use http::StatusCode;
+
+use crate::access::Keys;
+use crate::harness::{Options, Stack, basic};
+use crate::support;
+
+#[tokio::test]
+async fn only_seven_methods_in_their_canonical_spelling_are_forwarded() {
+    // Open mode with a rule for every method, as the sidecar example ships.
+    let stack = Stack::start().await;
+    let url = stack.url("/contoso/_apis/projects");
+    let before = stack.devops.requests().len();
+    for method in [
+        "trace", "Trace", "TRACK", "connect", "get", "head", "Post", "PROPFIND", "FOO",
+    ] {
+        let reply = support::request(method, &url, &[], bytes::Bytes::new()).await;
+        assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
+        assert_eq!(
+            reply.header("allow"),
+            Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            "{method}"
+        );
+    }
+    assert_eq!(
+        stack.devops.requests().len(),
+        before,
+        "nothing was forwarded"
+    );
+    let ok = support::get(&url, &[]).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+}
+
+#[tokio::test]
+async fn a_lower_case_push_preflight_is_not_a_way_around_the_push_rule() {
+    let keys = Keys::new();
+    let stack = Stack::start_with(Options {
+        access_toml: keys.access_toml(),
+        ..Options::default()
+    })
+    .await;
+    let reader = basic("git", &keys.reader);
+    let url = stack.url("/contoso/web/_git/web/info/refs?service=git-receive-pack");
+    let upper = support::request(
+        "GET",
+        &url,
+        &[("authorization", &reader)],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(
+        upper.status,
+        StatusCode::FORBIDDEN,
+        "judged as the push it announces"
+    );
+    let lower = support::request(
+        "get",
+        &url,
+        &[("authorization", &reader)],
+        bytes::Bytes::new(),
+    )
+    .await;
+    assert_eq!(lower.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        !stack
+            .devops
+            .requests()
+            .iter()
+            .any(|r| r.uri.contains("git-receive-pack")),
+        "the advertisement never reached Azure DevOps"
+    );
+}
