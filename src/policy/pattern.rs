@@ -29,6 +29,10 @@ impl fmt::Display for PatternError {
     }
 }
 
+/// More `**` than any Azure DevOps path needs; matching stays linear whatever the number, this
+/// only keeps rules readable.
+const MAX_ANY: usize = 4;
+
 /// A compiled path pattern such as `/contoso/*/_git/web/**`.
 #[derive(Debug, Clone)]
 pub struct Pattern {
@@ -76,6 +80,9 @@ impl Pattern {
                 ));
             }
         }
+        if parts.iter().filter(|part| **part == Part::Any).count() > MAX_ANY {
+            return Err(error(&format!("has more than {MAX_ANY} '**' segments")));
+        }
         Ok(Pattern {
             parts: parts.into_boxed_slice(),
         })
@@ -87,26 +94,98 @@ impl Pattern {
 }
 
 /// `escaped` bit i: `segments[i]` holds escapes.
+///
+/// The classic two-pointer glob: on a mismatch, go back to just after the last `**` and let it
+/// take one more segment. At most `parts × segments` steps, however many `**` a rule holds,
+/// where trying every split recursively is exponential in their number.
 fn match_parts(parts: &[Part], segments: &[&str], escaped: u32) -> bool {
-    match parts.split_first() {
-        None => segments.is_empty(),
-        Some((Part::Literal(literal), rest)) => {
-            segments.split_first().is_some_and(|(first, tail)| {
-                segment_eq(first, escaped & 1 != 0, literal)
-                    && match_parts(rest, tail, escaped >> 1)
-            })
+    let (mut p, mut s) = (0, 0);
+    // The last `**` seen, and the first segment it has not taken yet.
+    let mut resume: Option<(usize, usize)> = None;
+    while s < segments.len() {
+        let escaped_here = escaped.checked_shr(s as u32).unwrap_or(0) & 1 != 0;
+        match parts.get(p) {
+            Some(Part::Any) => {
+                resume = Some((p, s));
+                p += 1;
+                continue;
+            }
+            Some(Part::One) => {
+                p += 1;
+                s += 1;
+                continue;
+            }
+            Some(Part::Literal(literal)) if segment_eq(segments[s], escaped_here, literal) => {
+                p += 1;
+                s += 1;
+                continue;
+            }
+            _ => {}
         }
-        Some((Part::One, rest)) => segments
-            .split_first()
-            .is_some_and(|(_, tail)| match_parts(rest, tail, escaped >> 1)),
-        Some((Part::Any, [])) => true,
-        // `**` is followed by a literal: try each place that literal could start.
-        Some((Part::Any, rest)) => (0..=segments.len()).any(|skip| {
-            let escaped = u32::try_from(skip)
-                .ok()
-                .and_then(|skip| escaped.checked_shr(skip))
-                .unwrap_or(0);
-            match_parts(rest, &segments[skip..], escaped)
-        }),
+        match resume {
+            Some((any, taken)) => {
+                p = any + 1;
+                s = taken + 1;
+                resume = Some((any, taken + 1));
+            }
+            None => return false,
+        }
+    }
+    parts[p..].iter().all(|part| *part == Part::Any)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The obvious recursive matcher, exponential in the number of `**`: the reference.
+    fn reference(parts: &[Part], segments: &[&str]) -> bool {
+        match parts.split_first() {
+            None => segments.is_empty(),
+            Some((Part::Literal(l), rest)) => {
+                segments.split_first().is_some_and(|(first, tail)| {
+                    first.eq_ignore_ascii_case(l) && reference(rest, tail)
+                })
+            }
+            Some((Part::One, rest)) => segments
+                .split_first()
+                .is_some_and(|(_, tail)| reference(rest, tail)),
+            Some((Part::Any, rest)) => {
+                (0..=segments.len()).any(|skip| reference(rest, &segments[skip..]))
+            }
+        }
+    }
+
+    fn part() -> impl Strategy<Value = Part> {
+        prop_oneof![
+            Just(Part::Literal("a".into())),
+            Just(Part::Literal("b".into())),
+            Just(Part::One),
+            Just(Part::Any),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn two_pointer_matching_agrees_with_the_reference(
+            parts in proptest::collection::vec(part(), 0..7),
+            segments in proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 0..9),
+        ) {
+            prop_assert_eq!(match_parts(&parts, &segments, 0), reference(&parts, &segments));
+        }
+    }
+
+    #[test]
+    fn many_double_stars_are_refused_and_four_still_match_in_linear_time() {
+        assert!(Pattern::compile("/a/**/b/**/c/**/d/**/e/**").is_err());
+        let four = Pattern::compile("/a/**/a/**/a/**/a/**/b").expect("four '**'");
+        // 32 segments that almost match: the recursive matcher tried every split of them.
+        let path = format!("/{}", ["a"; 32].join("/"));
+        let segments = Segments::parse(&path).expect("path");
+        assert!(!four.matches(&segments));
+        let path = format!("/{}/b", ["a"; 31].join("/"));
+        assert!(four.matches(&Segments::parse(&path).expect("path")));
     }
 }
