@@ -160,8 +160,50 @@ mod tests {
                 "/contoso/web/_git/web/..",
                 Bad(PathError::DotSegment),
             ),
-            ("GET", "/contoso/web/_git/web/...", Allow),
+            // IIS trims trailing dots and spaces, and folds Unicode look-alikes.
+            (
+                "GET",
+                "/contoso/web/_git/web/.../x",
+                Bad(PathError::DotSegment),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/..%20/x",
+                Bad(PathError::DotSegment),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/%2e%2e%20/x",
+                Bad(PathError::DotSegment),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/%2e%2e./x",
+                Bad(PathError::DotSegment),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/..%3Bx/x",
+                Bad(PathError::EncodedParameter),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/%20/x",
+                Bad(PathError::DotSegment),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/%EF%BC%8E%EF%BC%8E/x",
+                Bad(PathError::LookAlike),
+            ),
+            (
+                "GET",
+                "/contoso/web/_git/web/a%EF%BC%8Fb",
+                Bad(PathError::LookAlike),
+            ),
+            ("GET", "/contoso/web/_git/web/v1.", Allow),
             ("GET", "/contoso/web/_git/web/a..b", Allow),
+            ("GET", "/contoso/web/_git/web/caf%C3%A9", Allow),
             // encoded separators and backslashes
             (
                 "GET",
@@ -318,6 +360,16 @@ mod tests {
                         proptest::strategy::Just(".".to_string()),
                         proptest::strategy::Just("%2e%2e".to_string()),
                         proptest::strategy::Just("".to_string()),
+                        // Shapes IIS may still read as `..`.
+                        proptest::strategy::Just("..%20".to_string()),
+                        proptest::strategy::Just("%2e%2e%20".to_string()),
+                        proptest::strategy::Just("%2e%2e.".to_string()),
+                        proptest::strategy::Just("...".to_string()),
+                        proptest::strategy::Just("..%3Bx".to_string()),
+                        proptest::strategy::Just("..;x".to_string()),
+                        proptest::strategy::Just("%EF%BC%8E%EF%BC%8E".to_string()),
+                        proptest::strategy::Just("%E2%80%A4%E2%80%A4".to_string()),
+                        proptest::strategy::Just("a%EF%BC%8Fb".to_string()),
                     ],
                 ],
                 0..8,
@@ -352,10 +404,27 @@ mod tests {
             let bytes: Vec<u8> = Decoded::new(&text).collect();
             text = String::from_utf8_lossy(&bytes).into_owned();
         }
+        // What IIS and ASP.NET may do besides: fold look-alikes (NFKC, best-fit) to `.` and `/`.
+        let text: String = text
+            .chars()
+            .map(|c| match c {
+                '\u{2024}' | '\u{FE52}' | '\u{FF0E}' => '.',
+                '\u{2044}' | '\u{2215}' | '\u{29F8}' | '\u{FF0F}' => '/',
+                '\u{2216}' | '\u{29F5}' | '\u{FE68}' | '\u{FF3C}' => '\\',
+                c => c,
+            })
+            .collect();
         let text = text.replace('\\', "/");
         let mut out: Vec<&str> = Vec::new();
         for segment in text.split('/').skip(1) {
+            // Parameters cut, then trailing dots and spaces trimmed, as IIS does.
             let segment = segment.split(';').next().unwrap_or(segment);
+            let trimmed = segment.trim_end_matches(['.', ' ']);
+            let segment = if trimmed.is_empty() && !segment.is_empty() {
+                if segment.starts_with("..") { ".." } else { "." }
+            } else {
+                segment
+            };
             match segment {
                 "." | "" => {}
                 ".." => {

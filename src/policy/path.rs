@@ -18,6 +18,10 @@ pub enum PathError {
     DoubleEncoding,
     NotUtf8,
     TooDeep,
+    /// `%3B`: an encoded `;`, read as a path parameter's start by some servers after decoding.
+    EncodedParameter,
+    /// A Unicode character a server may fold to `.`, `/` or `\` (full-width dots and slashes).
+    LookAlike,
 }
 
 impl PathError {
@@ -35,6 +39,10 @@ impl PathError {
             }
             PathError::NotUtf8 => "The path does not decode to UTF-8",
             PathError::TooDeep => "The path has too many segments",
+            PathError::EncodedParameter => "The path has an encoded semicolon (%3B)",
+            PathError::LookAlike => {
+                "The path has a Unicode look-alike of '.', '/' or '\\' (such as a full-width dot)"
+            }
         }
     }
 }
@@ -112,6 +120,7 @@ pub(super) fn check_segment(raw: &str) -> Result<bool, PathError> {
                 let decoded = hi << 4 | lo;
                 match decoded {
                     b'/' | b'\\' => return Err(PathError::EncodedSeparator),
+                    b';' => return Err(PathError::EncodedParameter),
                     b if b < 0x20 || b == 0x7f => return Err(PathError::ControlCharacter),
                     // `%25` then two hex digits decodes, in a second pass, to another escape.
                     b'%' if bytes.get(i + 3).copied().and_then(hex).is_some()
@@ -129,24 +138,52 @@ pub(super) fn check_segment(raw: &str) -> Result<bool, PathError> {
         }
         i += 1;
     }
-    // Servers that honour path parameters (`/..;x/`) see the part before ';' as the segment.
-    if is_dot_segment(&raw[..parameters_at]) {
+    // Servers that honour path parameters (`/..;x/`) see the part before ';' as the segment,
+    // and IIS drops trailing dots and spaces from it (`..%20`, `...`): what is left must not be
+    // nothing, `.` or `..`.
+    let name = &raw[..parameters_at];
+    if !has_escape {
+        return if name.trim_end_matches('.').is_empty() {
+            Err(PathError::DotSegment)
+        } else {
+            Ok(false)
+        };
+    }
+    let decoded: Vec<u8> = Decoded::new(name).collect();
+    let Ok(decoded) = std::str::from_utf8(&decoded) else {
+        return Err(PathError::NotUtf8);
+    };
+    if decoded.trim_end_matches(['.', ' ']).is_empty() {
         return Err(PathError::DotSegment);
     }
-    if has_escape {
-        let decoded: Vec<u8> = Decoded::new(raw).collect();
-        if std::str::from_utf8(&decoded).is_err() {
+    if decoded.chars().any(is_look_alike) {
+        return Err(PathError::LookAlike);
+    }
+    if parameters_at < raw.len() {
+        let all: Vec<u8> = Decoded::new(raw).collect();
+        if std::str::from_utf8(&all).is_err() {
             return Err(PathError::NotUtf8);
         }
     }
-    Ok(has_escape)
+    Ok(true)
 }
 
-fn is_dot_segment(raw: &str) -> bool {
-    let mut decoded = Decoded::new(raw);
+/// Characters that Unicode normalization (NFKC) or a best-fit code page turns into `.`, `/` or
+/// `\\`, which IIS and ASP.NET may apply before resolving a path.
+fn is_look_alike(c: char) -> bool {
     matches!(
-        (decoded.next(), decoded.next(), decoded.next()),
-        (Some(b'.'), None, _) | (Some(b'.'), Some(b'.'), None)
+        c,
+        '\u{2024}' // one dot leader
+            | '\u{FE52}' // small full stop
+            | '\u{FF0E}' // full-width full stop
+            | '\u{2044}' // fraction slash
+            | '\u{2215}' // division slash
+            | '\u{29F8}' // big solidus
+            | '\u{FF0F}' // full-width solidus
+            | '\u{2216}' // set minus
+            | '\u{29F5}' // reverse solidus operator
+            | '\u{FE68}' // small reverse solidus
+            | '\u{FF3C}' // full-width reverse solidus
     )
 }
 

@@ -72,3 +72,22 @@ async fn a_lower_case_push_preflight_is_not_a_way_around_the_push_rule() {
         "the advertisement never reached Azure DevOps"
     );
 }
+
+#[tokio::test]
+async fn segments_iis_may_read_as_dot_dot_are_refused() {
+    let stack = Stack::start().await;
+    let before = stack.devops.requests().len();
+    for path in [
+        "/contoso/web/_git/web/..%20/admin",
+        "/contoso/web/_git/web/%2e%2e%20/admin",
+        "/contoso/web/_git/web/%2e%2e./admin",
+        "/contoso/web/_git/web/.../admin",
+        "/contoso/web/_git/web/..%3Bx/admin",
+        "/contoso/web/_git/web/%EF%BC%8E%EF%BC%8E/admin",
+    ] {
+        let reply = support::get(&stack.url(path), &[]).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(reply.json()["error"], "bad_request", "{path}");
+    }
+    assert_eq!(stack.devops.requests().len(), before, "nothing was forwarded");
+}
