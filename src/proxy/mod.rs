@@ -203,6 +203,12 @@ impl Proxy {
         public_url: Option<Arc<UrlMap>>,
     ) -> Planned {
         let (mut parts, body) = response.into_parts();
+        // A body hyper frames otherwise than by its length (chunked, or to the connection's end)
+        // must not go out with the length Azure DevOps, or a box in between, put beside it: the
+        // client would see a clean, truncated body.
+        if body.size_hint().exact().is_none() {
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         let snapshot = exchange.snapshot();
         let Some((encoding, map)) = public_url.and_then(|map| {
             rewrite_response(

@@ -89,5 +89,54 @@ async fn segments_iis_may_read_as_dot_dot_are_refused() {
         assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(reply.json()["error"], "bad_request", "{path}");
     }
-    assert_eq!(stack.devops.requests().len(), before, "nothing was forwarded");
+    assert_eq!(
+        stack.devops.requests().len(),
+        before,
+        "nothing was forwarded"
+    );
+}
+
+/// An upstream on 127.0.0.1 that answers every request with `response`, byte for byte, and
+/// closes the connection.
+async fn raw_upstream(response: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn a_length_beside_chunked_framing_is_dropped_not_passed_on() {
+    let upstream = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\
+          Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(upstream),
+        ..Options::default()
+    })
+    .await;
+    let reply = support::get(&stack.url("/contoso/_apis/x"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.text(), "hello");
+    assert_eq!(reply.header("content-length"), None);
 }
