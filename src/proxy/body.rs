@@ -69,7 +69,7 @@ impl Body for UploadBody {
                 metrics,
             } => (inner, upload, metrics),
         };
-        let frame = ready!(Pin::new(inner).poll_frame(cx));
+        let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
         Poll::Ready(match frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -77,13 +77,20 @@ impl Body for UploadBody {
                     upload.bytes.fetch_add(len, Ordering::Relaxed);
                     metrics.request_bytes.inc_by(len);
                 }
+                // hyper stops polling a body of known length once it is complete.
+                if inner.is_end_stream() {
+                    upload.mark_sent();
+                }
                 Some(Ok(frame))
             }
             Some(Err(error)) => {
                 upload.broke_off.store(true, Ordering::Relaxed);
                 Some(Err(ClientBodyError(error)))
             }
-            None => None,
+            None => {
+                upload.mark_sent();
+                None
+            }
         })
     }
 

@@ -96,6 +96,31 @@ pub struct Upload {
     /// The client broke off mid-upload. An h2 upstream only sees its stream reset, so the
     /// failure is classified from here.
     pub broke_off: AtomicBool,
+    /// The whole body has been handed to the upstream connection.
+    sent: AtomicBool,
+    sent_signal: tokio::sync::Notify,
+}
+
+impl Upload {
+    /// The body's last byte went out.
+    pub fn mark_sent(&self) {
+        if !self.sent.swap(true, Ordering::AcqRel) {
+            self.sent_signal.notify_waiters();
+        }
+    }
+
+    /// Resolves once [`Upload::mark_sent`] was called (never, if the client breaks off).
+    pub async fn sent(&self) {
+        loop {
+            let signal = self.sent_signal.notified();
+            tokio::pin!(signal);
+            signal.as_mut().enable();
+            if self.sent.load(Ordering::Acquire) {
+                return;
+            }
+            signal.await;
+        }
+    }
 }
 
 /// How an exchange ended, for the audit line.
@@ -205,6 +230,11 @@ impl Exchange {
 
     pub fn set_replayed(&mut self) {
         self.replayed = true;
+    }
+
+    /// A streamed upload's record, if this request's body streams.
+    pub fn streamed_upload(&self) -> Option<Arc<Upload>> {
+        self.upload.clone()
     }
 
     /// The record a streamed upload keeps up to date as it goes.

@@ -150,7 +150,11 @@ impl Forward<'_> {
         replay: Option<&Replay>,
     ) -> Result<Response<Incoming>, Rejection> {
         let sent_at = Instant::now();
-        let mut result = self.upstream.send(request, sent_at).await;
+        let streamed = exchange.streamed_upload();
+        let mut result = self
+            .upstream
+            .send(request, sent_at, streamed.as_deref())
+            .await;
         if let (Err(error), Some(replay)) = (&result, replay) {
             if error.unprocessed {
                 tracing::debug!(
@@ -158,7 +162,7 @@ impl Forward<'_> {
                     "refused unprocessed; sending it again"
                 );
                 *request = Some(replay.clone().into_request());
-                result = self.upstream.send(request, Instant::now()).await;
+                result = self.upstream.send(request, Instant::now(), None).await;
             }
         }
         let result = result.map_err(|error| error.failure);

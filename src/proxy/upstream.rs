@@ -14,6 +14,7 @@ use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 
+use super::exchange::Upload;
 use super::resolve::Resolve;
 use crate::config;
 use crate::error::{UpstreamFailure, describe};
@@ -116,11 +117,34 @@ impl Upstream {
         &self,
         slot: &mut Option<Request<UploadBody>>,
         sent_at: Instant,
+        streamed: Option<&Upload>,
     ) -> Result<Response<Incoming>, SendError> {
+        if let Some(upload) = streamed {
+            // Boxed: a streamed upload is rare, and its future is not every request's.
+            return Box::pin(self.send_streamed(slot, sent_at, upload)).await;
+        }
         let exchange = self.exchange(slot, sent_at);
         match crate::timer::timeout_from(sent_at, self.response_timeout, exchange).await {
             Err(_) => Err(SendError::from(UpstreamFailure::Timeout)),
             Ok(result) => result,
+        }
+    }
+
+    /// The response timeout starts when the body's last byte has gone out: a large push over a
+    /// slow link takes as long as it takes, and only then is Azure DevOps' answer awaited.
+    async fn send_streamed(
+        &self,
+        slot: &mut Option<Request<UploadBody>>,
+        sent_at: Instant,
+        upload: &Upload,
+    ) -> Result<Response<Incoming>, SendError> {
+        let deadline = async {
+            upload.sent().await;
+            crate::timer::Deadline::after(self.response_timeout).await;
+        };
+        tokio::select! {
+            result = self.exchange(slot, sent_at) => result,
+            () = deadline => Err(SendError::from(UpstreamFailure::Timeout)),
         }
     }
 

@@ -140,3 +140,41 @@ async fn a_length_beside_chunked_framing_is_dropped_not_passed_on() {
     assert_eq!(reply.text(), "hello");
     assert_eq!(reply.header("content-length"), None);
 }
+
+#[tokio::test]
+async fn an_upload_slower_than_the_response_timeout_still_completes() {
+    use http_body_util::BodyExt as _;
+    let stack = Stack::start_with(Options {
+        upstream_toml: "response_timeout = \"1s\"".into(),
+        ..Options::default()
+    })
+    .await;
+    let (tx, body) = support::body_channel(1);
+    // No length: it streams (a kept body would be read whole before anything is sent).
+    let request = http::Request::post(stack.url("/_test/upload"))
+        .header("authorization", crate::harness::basic_pat())
+        .body(body)
+        .expect("request");
+    let response = tokio::spawn(support::send(request));
+    // Steadily sent over three response timeouts.
+    let chunk = bytes::Bytes::from(vec![7u8; 16 * 1024]);
+    for _ in 0..12 {
+        tx.send(Ok(chunk.clone())).await.expect("send");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    drop(tx);
+    let response = response.await.expect("task").expect("response");
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "not 504 halfway through the body"
+    );
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(answer["bytes"], 12 * 16 * 1024);
+}
