@@ -170,7 +170,7 @@ impl App {
         }
         let acceptor = tokio::spawn(server::accept_for_workers(
             self.proxy_listener,
-            listen.max_connections,
+            server::Limits::new(listen.max_connections, listen.max_connections_per_address),
             dealers,
             stop_rx.clone(),
         ));
@@ -182,7 +182,9 @@ impl App {
                 max_header_bytes: 16 * 1024,
                 shutdown_grace_period: Duration::from_secs(1),
             },
-            64,
+            // Probes (the kubelet) and scrapers (Prometheus) come from addresses of their own:
+            // neither can take every slot from the other.
+            server::Limits::new(64, 16),
             self.admin.clone().into_handler(),
             stop_rx,
         ));

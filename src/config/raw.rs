@@ -64,6 +64,7 @@ pub(super) struct RawListen {
     pub(super) header_read_timeout: DurationValue,
     pub(super) max_header_bytes: usize,
     pub(super) max_connections: usize,
+    pub(super) max_connections_per_address: usize,
     pub(super) shutdown_grace_period: DurationValue,
     /// 0: one per available CPU.
     pub(super) workers: usize,
@@ -79,6 +80,8 @@ impl Default for RawListen {
             header_read_timeout: DurationValue(Duration::from_secs(10)),
             max_header_bytes: 64 * 1024,
             max_connections: 4096,
+            // A shared service behind a node's address translation sees few source addresses.
+            max_connections_per_address: 512,
             shutdown_grace_period: DurationValue(Duration::from_secs(25)),
             workers: 0,
             public_url: None,

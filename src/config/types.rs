@@ -42,6 +42,8 @@ pub struct Listen {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_connections: usize,
+    /// Open connections from one source address; 0: no cap.
+    pub max_connections_per_address: usize,
     pub shutdown_grace_period: Duration,
     /// Threads serving the proxy listener, each with its own runtime and upstream pool.
     pub workers: usize,

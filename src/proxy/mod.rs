@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -276,10 +276,18 @@ impl Proxy {
                 if let Rejection::Forbidden { .. } = rejection {
                     exchange.count_denied();
                 }
-                let status = rejection.status().as_u16();
-                rejection
+                let status = rejection.status();
+                let mut response = rejection
                     .to_response(request_id.to_str().unwrap_or_default())
-                    .map(|body| ResponseBody::whole(body, exchange, status))
+                    .map(|body| ResponseBody::whole(body, exchange, status.as_u16()));
+                // A caller without a key or a rule gets no connection to keep: one request every
+                // few seconds would otherwise hold a connection slot for good.
+                if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                response
             }
         };
         response

@@ -7,12 +7,12 @@
 //! speak it to a plain `http://` proxy, and hyper's HTTP/1 builder can cap header size itself.
 
 pub mod admin;
+mod limits;
 pub mod worker;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +22,9 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
+
+pub use self::limits::{Limits, Slot};
 
 /// What serves one request: any `Fn(Request) -> impl Future<Output = Response>` whose body
 /// streams bytes, named once here instead of in every function's bounds.
@@ -59,7 +61,7 @@ pub struct ServeOptions {
 /// An accepted connection on its way to a worker, holding its connection-limit slot.
 pub struct Accepted {
     stream: std::net::TcpStream,
-    slot: OwnedSemaphorePermit,
+    slot: Slot,
 }
 
 /// Accepts until `shutdown`, at most `max_connections` open at once, handing each connection to
@@ -67,22 +69,21 @@ pub struct Accepted {
 /// backlog instead of accepting work that cannot be served.
 async fn accept_loop(
     listener: TcpListener,
-    max_connections: usize,
+    limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-    mut dispatch: impl FnMut(TcpStream, OwnedSemaphorePermit),
+    mut dispatch: impl FnMut(TcpStream, Slot),
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections));
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => match slot {
-                Ok(slot) => slot,
-                Err(_) => break,
+        let room = tokio::select! {
+            room = limits.room() => match room {
+                Some(room) => room,
+                None => break,
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(error) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!(%error, "accept failed");
@@ -92,6 +93,10 @@ async fn accept_loop(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        let Some(slot) = limits.admit(room, peer.ip()) else {
+            tracing::debug!(peer = %peer.ip(), "connection refused: this address holds its share");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         dispatch(stream, slot);
     }
@@ -100,12 +105,12 @@ async fn accept_loop(
 /// Accepts proxy connections and deals them round-robin to the workers' channels.
 pub async fn accept_for_workers(
     listener: TcpListener,
-    max_connections: usize,
+    limits: Limits,
     workers: Vec<mpsc::UnboundedSender<Accepted>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0;
-    accept_loop(listener, max_connections, shutdown, |stream, slot| {
+    accept_loop(listener, limits, shutdown, |stream, slot| {
         let Ok(stream) = stream.into_std() else {
             return;
         };
@@ -137,12 +142,12 @@ pub async fn serve_dealt<H: Handler>(
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     options: ServeOptions,
-    max_connections: usize,
+    limits: Limits,
     handler: H,
     shutdown: watch::Receiver<bool>,
 ) {
     let server = ConnectionServer::new(&options, TokioTimer::new());
-    accept_loop(listener, max_connections, shutdown, |stream, slot| {
+    accept_loop(listener, limits, shutdown, |stream, slot| {
         server.spawn(stream, slot, handler.clone());
     })
     .await;
@@ -172,7 +177,7 @@ impl ConnectionServer {
         }
     }
 
-    fn spawn<H: Handler>(&self, stream: TcpStream, slot: OwnedSemaphorePermit, handler: H) {
+    fn spawn<H: Handler>(&self, stream: TcpStream, slot: Slot, handler: H) {
         let connection = self.graceful.watch(
             self.builder
                 .serve_connection(TokioIo::new(stream), Service(handler)),
@@ -247,6 +252,8 @@ mod tests {
     use http_body_util::Full;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    use std::sync::Arc;
+
     use super::*;
 
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -268,11 +275,10 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().expect("addr"))
             .await
             .expect("connect");
-        let (stream, _) = listener.accept().await.expect("accept");
-        let slot = Arc::new(Semaphore::new(1))
-            .acquire_owned()
-            .await
-            .expect("slot");
+        let (stream, peer) = listener.accept().await.expect("accept");
+        let limits = Limits::new(1, 1);
+        let room = limits.room().await.expect("room");
+        let slot = limits.admit(room, peer.ip()).expect("slot");
         server.spawn(stream, slot, move |_request| {
             notify.notify_one();
             async move {

@@ -178,3 +178,91 @@ async fn an_upload_slower_than_the_response_timeout_still_completes() {
     let answer: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(answer["bytes"], 12 * 16 * 1024);
 }
+
+/// Reads until the server closes the connection, returning what arrived before (a reset, as
+/// when the server closes with our request unread, counts as closed); `None` if it is still
+/// open after 10 s.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut all = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut all),
+    )
+    .await
+    .ok()?;
+    match read {
+        Ok(_) => Some(String::from_utf8_lossy(&all).into_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => {
+            Some(String::from_utf8_lossy(&all).into_owned())
+        }
+        Err(error) => panic!("reading: {error}"),
+    }
+}
+
+#[tokio::test]
+async fn refused_callers_lose_their_connection_and_one_address_gets_its_share_only() {
+    use tokio::io::AsyncWriteExt as _;
+    let keys = Keys::new();
+    let stack = Stack::start_with(Options {
+        listen_toml: "address = \"127.0.0.1:0\"\nmax_connections_per_address = 2".into(),
+        access_toml: keys.access_toml(),
+        ..Options::default()
+    })
+    .await;
+    // A 401 closes its connection, though the request asked to keep it.
+    let mut anonymous = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    anonymous
+        .write_all(b"GET /contoso/_apis/projects HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("request");
+    let answer = read_until_closed(&mut anonymous)
+        .await
+        .expect("closed by the proxy");
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+
+    // Two idle connections are this address' share: a third is closed unanswered.
+    let _first = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    let second = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    let mut third = tokio::net::TcpStream::connect(stack.proxy)
+        .await
+        .expect("connect");
+    let _ = third
+        .write_all(b"GET /contoso/_apis/projects HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(
+        read_until_closed(&mut third).await.as_deref(),
+        Some(""),
+        "closed unanswered"
+    );
+
+    // Once one of them closes, the address may connect again.
+    drop(second);
+    let reader = basic("git", &keys.reader);
+    let url = stack.url("/contoso/_apis/projects");
+    for attempt in 0.. {
+        let sent = support::send(
+            http::Request::get(&url)
+                .header("authorization", &reader)
+                .body(http_body_util::Empty::<bytes::Bytes>::new())
+                .expect("request"),
+        )
+        .await;
+        match sent {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::OK);
+                break;
+            }
+            Err(_) if attempt < 100 => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the freed slot never came back: {error}"),
+        }
+    }
+}

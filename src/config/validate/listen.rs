@@ -27,6 +27,7 @@ impl Validator<'_> {
             header_read_timeout: raw.header_read_timeout.0,
             max_header_bytes: raw.max_header_bytes,
             max_connections: raw.max_connections,
+            max_connections_per_address: raw.max_connections_per_address,
             shutdown_grace_period: raw.shutdown_grace_period.0,
             workers: match raw.workers {
                 0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
