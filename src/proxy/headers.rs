@@ -24,8 +24,13 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
-/// Headers of the client that must not reach Azure DevOps: credentials, and anything that would
-/// let a client steer the upstream. (`Authorization` and `Host` are replaced, not removed.)
+/// Headers of the client that must not reach Azure DevOps: credentials; whole families that tell
+/// a server behind a front end where a request came from or where it should go (IIS and ASP.NET
+/// honour several); method overrides; and the two Azure DevOps headers that change how it
+/// authenticates the caller. (`Authorization`, `Host` and `X-TFS-FedAuthRedirect` are replaced,
+/// not removed.) A denylist of families rather than an allowlist: git, the SDKs and the package
+/// managers send headers of their own (`X-TFS-Session`, `X-VSS-E2EID`, `X-NuGet-*`, `npm-*`)
+/// that Azure DevOps uses for tracing and content negotiation.
 fn is_client_only(name: &str) -> bool {
     matches!(
         name,
@@ -33,12 +38,22 @@ fn is_client_only(name: &str) -> bool {
             | "forwarded"
             // The proxy answers `Expect: 100-continue` itself; the upstream client cannot wait.
             | "expect"
-            | "x-original-url"
             | "x-rewrite-url"
             | "x-http-method-override"
             | "x-http-method"
             | "x-method-override"
+            | "x-host"
+            | "x-real-ip"
+            | "x-client-ip"
+            | "client-ip"
+            | "true-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "x-vss-forcemsapassthrough"
     ) || name.starts_with("x-forwarded-")
+        || name.starts_with("x-original-")
+        || name.starts_with("x-ms-original-")
+        || name.starts_with("x-arr-")
 }
 
 static FED_AUTH_REDIRECT: HeaderName = HeaderName::from_static("x-tfs-fedauthredirect");
@@ -61,7 +76,10 @@ pub fn prepare_response(headers: &mut HeaderMap) {
     // Azure DevOps' `WWW-Authenticate` names Entra ID as the place to sign in: the client does not
     // authenticate to Azure DevOps, and git would take it for a password prompt.
     remove(headers, |name| {
-        is_hop_by_hop(name) || name == "set-cookie" || name == "www-authenticate"
+        is_hop_by_hop(name)
+            || name == "set-cookie"
+            || name == "set-cookie2"
+            || name == "www-authenticate"
     });
 }
 

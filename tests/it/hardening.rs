@@ -266,3 +266,66 @@ async fn refused_callers_lose_their_connection_and_one_address_gets_its_share_on
         }
     }
 }
+
+#[tokio::test]
+async fn steering_headers_stay_behind_and_credentials_never_come_back() {
+    let stack = Stack::start().await;
+    let reply = support::get(
+        &stack.url("/_test/echo"),
+        &[
+            ("x-ms-original-url", "/_admin"),
+            ("x-original-host", "evil.example"),
+            ("x-host", "evil.example"),
+            ("x-real-ip", "10.1.2.3"),
+            ("true-client-ip", "10.1.2.3"),
+            ("x-arr-ssl", "1"),
+            ("x-vss-forcemsapassthrough", "true"),
+            ("x-tfs-fedauthredirect", "Allow"),
+            ("x-tfs-session", "kept"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let received = reply.json()["headers"].clone();
+    for gone in [
+        "x-ms-original-url",
+        "x-original-host",
+        "x-host",
+        "x-real-ip",
+        "true-client-ip",
+        "x-arr-ssl",
+        "x-vss-forcemsapassthrough",
+    ] {
+        assert!(
+            received.get(gone).is_none(),
+            "{gone} reached Azure DevOps: {received}"
+        );
+    }
+    assert_eq!(
+        received["x-tfs-fedauthredirect"],
+        serde_json::json!(["Suppress"]),
+        "the proxy's only"
+    );
+    assert_eq!(received["x-tfs-session"], serde_json::json!(["kept"]));
+
+    // Azure DevOps' own challenge and cookies never reach the client, on any status.
+    let upstream = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+          WWW-Authenticate: Bearer authorization_uri=https://login.windows.net/t\r\n\
+          WWW-Authenticate: Basic realm=\"https://dev.azure.com/\"\r\n\
+          Set-Cookie: UserAuthentication=secret\r\nSet-Cookie2: old=secret\r\n\
+          X-Kept: yes\r\nConnection: close\r\n\r\nok",
+    )
+    .await;
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(upstream),
+        ..Options::default()
+    })
+    .await;
+    let reply = support::get(&stack.url("/contoso/_apis/x"), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("x-kept"), Some("yes"));
+    for gone in ["www-authenticate", "set-cookie", "set-cookie2"] {
+        assert_eq!(reply.header(gone), None, "{gone}");
+    }
+}
