@@ -52,6 +52,8 @@ pub struct Pool {
     destination: Uri,
     idle: Arc<Mutex<Idle>>,
     idle_timeout: Duration,
+    /// For the whole of a new connection: TCP, TLS and the HTTP handshake.
+    connect_timeout: Duration,
 }
 
 impl Pool {
@@ -61,6 +63,7 @@ impl Pool {
         connector: HttpsConnector<HttpConnector<Resolve>>,
         destination: Uri,
         idle_timeout: Duration,
+        connect_timeout: Duration,
     ) -> Self {
         let idle = Arc::new(Mutex::new(Idle::default()));
         tokio::spawn(close_idle(Arc::downgrade(&idle), idle_timeout));
@@ -71,6 +74,7 @@ impl Pool {
             destination,
             idle,
             idle_timeout,
+            connect_timeout,
         }
     }
 
@@ -137,7 +141,17 @@ impl Pool {
         None
     }
 
+    /// A stalled TLS or h2 handshake counts against the connect timeout, not the response
+    /// timeout: it must not hold this worker's new connections (h2 connects one at a time) for
+    /// minutes.
     async fn connect(&self) -> Result<Sender, ConnectError> {
+        match tokio::time::timeout(self.connect_timeout, self.handshake()).await {
+            Ok(connected) => connected,
+            Err(_) => Err("connecting timed out (TCP, TLS and HTTP handshake)".into()),
+        }
+    }
+
+    async fn handshake(&self) -> Result<Sender, ConnectError> {
         let mut connector = self.connector.clone();
         std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
         let io = connector.call(self.destination.clone()).await?;

@@ -76,7 +76,12 @@ impl Upstream {
             .build()
             .expect("scheme and authority were validated with the configuration");
         Self {
-            pool: Pool::new(connector, destination, config.pool_idle_timeout),
+            pool: Pool::new(
+                connector,
+                destination,
+                config.pool_idle_timeout,
+                config.connect_timeout,
+            ),
             scheme,
             authority,
             host_header,

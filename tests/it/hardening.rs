@@ -329,3 +329,36 @@ async fn steering_headers_stay_behind_and_credentials_never_come_back() {
         assert_eq!(reply.header(gone), None, "{gone}");
     }
 }
+
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_a_connect_failure_not_a_response_timeout() {
+    // Accepts TCP and then says nothing: TLS never completes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(format!("https://127.0.0.1:{}", addr.port())),
+        upstream_toml: format!(
+            "ca_file = \"{}\"\nconnect_timeout = \"500ms\"\nresponse_timeout = \"20s\"\n",
+            crate::support::tls_upstream::TlsUpstream::ca_file().display()
+        ),
+        ..Options::default()
+    })
+    .await;
+    let reply = support::get(&stack.url("/contoso/_apis/projects"), &[]).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    assert!(
+        stack
+            .metrics()
+            .await
+            .contains(r#"ado_auth_proxy_upstream_errors_total{kind="connect"} 1"#)
+    );
+    silent.abort();
+}
