@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -147,6 +148,8 @@ pub struct Exchange {
     pub(super) metrics: Arc<Metrics>,
     /// As sent back in `x-request-id`, written in the audit line and in error bodies.
     request_id: HeaderValue,
+    /// Who sent it: the connection's source address.
+    peer: SocketAddr,
     method: Method,
     uri: Uri,
     started: Instant,
@@ -173,6 +176,7 @@ impl Exchange {
         metrics: Arc<Metrics>,
         snapshot: Arc<Snapshot>,
         request_id: RequestId,
+        peer: SocketAddr,
         method: Method,
         uri: Uri,
     ) -> Self {
@@ -180,6 +184,7 @@ impl Exchange {
         Self {
             metrics,
             request_id: request_id.header_value(),
+            peer,
             method,
             uri,
             started: Instant::now(),
@@ -281,6 +286,7 @@ impl Drop for Exchange {
         audit::record(&AuditLine {
             request_id: self.request_id(),
             client: client.map_or(&*NO_CLIENT_AUDIT_NAME, |c| &c.audit_name),
+            peer: self.peer,
             rule,
             method: self.method.as_str(),
             path: self.uri.path(),

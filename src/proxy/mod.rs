@@ -18,6 +18,7 @@ pub mod target;
 pub mod upstream;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -134,6 +135,7 @@ impl Proxy {
     pub fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
+        peer: SocketAddr,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         // Boxed: it goes from this future into the response body, and both are moved around
         // per request; a pointer moves cheaper than the record.
@@ -142,6 +144,7 @@ impl Proxy {
             // The one read of the configuration: this request is judged by it to its end.
             self.snapshot.load_full(),
             self.request_ids.next(),
+            peer,
             request.method().clone(),
             request.uri().clone(),
         ));

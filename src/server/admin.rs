@@ -61,7 +61,7 @@ impl Admin {
                 let response = self.handle(&request);
                 async move { Ok::<_, Infallible>(response) }
             });
-        move |request| {
+        move |request, _peer| {
             let service = service.clone();
             async move {
                 match service.oneshot(request).await {

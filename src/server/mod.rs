@@ -12,6 +12,7 @@ pub mod worker;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,12 +34,13 @@ pub trait Handler: Clone + Send + Sync + 'static {
         + Send
         + 'static;
     type Future: Future<Output = Response<Self::Body>> + Send + 'static;
-    fn call(&self, request: Request<Incoming>) -> Self::Future;
+    /// `peer`: the address the connection came from.
+    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> Self::Future;
 }
 
 impl<H, F, B> Handler for H
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
     B: Body<Data = bytes::Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
         + Send
@@ -46,8 +48,8 @@ where
 {
     type Body = B;
     type Future = F;
-    fn call(&self, request: Request<Incoming>) -> F {
-        self(request)
+    fn call(&self, request: Request<Incoming>, peer: SocketAddr) -> F {
+        self(request, peer)
     }
 }
 
@@ -178,9 +180,13 @@ impl ConnectionServer {
     }
 
     fn spawn<H: Handler>(&self, stream: TcpStream, slot: Slot, handler: H) {
+        // Unknown only for a socket already gone, which will not get as far as a request.
+        let peer = stream
+            .peer_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let connection = self.graceful.watch(
             self.builder
-                .serve_connection(TokioIo::new(stream), Service(handler)),
+                .serve_connection(TokioIo::new(stream), Service { handler, peer }),
         );
         tokio::spawn(async move {
             // Errors here are client-side (resets, timeouts, malformed requests): hyper has
@@ -211,7 +217,10 @@ impl ConnectionServer {
 /// The handler as hyper's `Service`. Not `service_fn` with an `async` block: that block would
 /// hold the handler's future twice over (captured, then awaited), and hyper moves the future it
 /// gets per request.
-struct Service<H>(H);
+struct Service<H> {
+    handler: H,
+    peer: SocketAddr,
+}
 
 impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     type Response = Response<H::Body>;
@@ -220,7 +229,7 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         Infallibly {
-            inner: self.0.call(request),
+            inner: self.handler.call(request, self.peer),
         }
     }
 }
@@ -279,7 +288,7 @@ mod tests {
         let limits = Limits::new(1, 1);
         let room = limits.room().await.expect("room");
         let slot = limits.admit(room, peer.ip()).expect("slot");
-        server.spawn(stream, slot, move |_request| {
+        server.spawn(stream, slot, move |_request, _peer| {
             notify.notify_one();
             async move {
                 tokio::time::sleep(delay).await;

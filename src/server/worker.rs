@@ -47,7 +47,7 @@ impl Worker {
                 self.metrics,
                 self.request_ids,
             ));
-            let handler = move |request| proxy.clone().handle(request);
+            let handler = move |request, peer| proxy.clone().handle(request, peer);
             super::serve_dealt(self.connections, self.options, handler).await;
         });
         // Dropping the runtime cancels whatever outlived the grace period.

@@ -10,6 +10,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 
 use tracing::Level;
@@ -24,6 +25,8 @@ pub const TARGET: &str = "audit";
 pub struct AuditLine<'a> {
     pub request_id: &'a str,
     pub client: &'a Rendered,
+    /// The connection's source address (behind a load balancer, the balancer's).
+    pub peer: SocketAddr,
     /// The allow rule that admitted the request, if one did.
     pub rule: Option<&'a Rendered>,
     pub method: &'a str,
@@ -45,6 +48,7 @@ impl AuditLine<'_> {
     fn write_fields(&self, format: LineFormat, out: &mut impl fmt::Write) -> fmt::Result {
         format.plain_field(out, key!("request_id"), self.request_id)?;
         format.rendered_field(out, key!("client"), self.client)?;
+        format.display_field(out, key!("peer"), &self.peer)?;
         if let Some(rule) = self.rule {
             format.rendered_field(out, key!("rule"), rule)?;
         }
@@ -143,6 +147,7 @@ mod tests {
         AuditLine {
             request_id: "00000000deadbeef",
             client,
+            peer: SocketAddr::from(([127, 0, 0, 1], 50000)),
             rule,
             method: "GET",
             path: "/contoso/_apis/projects",
@@ -178,7 +183,7 @@ mod tests {
         assert_eq!(
             rest,
             concat!(
-                " INFO audit: request_id=00000000deadbeef client=ci ",
+                " INFO audit: request_id=00000000deadbeef client=ci peer=127.0.0.1:50000 ",
                 r#"rule="GET /contoso/** \"x\\" method=GET path=/contoso/_apis/projects "#,
                 "status=200 request_bytes=0 response_bytes=344 duration_us=812 ",
                 "upstream_us=640 outcome=complete replayed=true\n"
@@ -217,6 +222,7 @@ mod tests {
         assert_eq!(json["target"], "audit");
         assert_eq!(json["request_id"], "00000000deadbeef");
         assert_eq!(json["client"], "c\"i");
+        assert_eq!(json["peer"], "127.0.0.1:50000");
         assert_eq!(json["rule"], "GET /contoso/**");
         assert_eq!(json["path"], "/contoso/_apis/projects");
         assert_eq!(json["status"], 200);

@@ -164,6 +164,20 @@ impl LineFormat {
         }
     }
 
+    /// A value whose `Display` never needs quoting or escaping in either format (an address).
+    pub fn display_field(
+        self,
+        out: &mut impl fmt::Write,
+        name: Key,
+        value: &impl fmt::Display,
+    ) -> fmt::Result {
+        name.write(self, out)?;
+        match self {
+            LineFormat::Text => write!(out, "{value}"),
+            LineFormat::Json => write!(out, "\"{value}\""),
+        }
+    }
+
     /// A value rendered beforehand (see [`Rendered`]).
     pub fn rendered_field(
         self,

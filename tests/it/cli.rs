@@ -259,6 +259,13 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
         );
     }
     assert_eq!(first["path"], "/contoso/_apis/projects");
+    // Who sent it: the test's own loopback connection.
+    assert!(
+        first["peer"]
+            .as_str()
+            .is_some_and(|peer| peer.starts_with("127.0.0.1:")),
+        "audit line lacks the peer: {first}"
+    );
     assert!(logs.contains("shutting down"), "{logs}");
 }
 
