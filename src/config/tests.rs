@@ -503,3 +503,29 @@ fn credential_kinds_are_checked_where_they_are_written() {
         Ok(())
     });
 }
+
+proptest::proptest! {
+    /// Any value under any key of any section: validation answers Ok or an error, never a panic,
+    /// and an error names something (a key, or where the text stopped parsing).
+    #[test]
+    fn any_key_and_value_is_loaded_or_refused_with_a_reason(
+        section in proptest::prop_oneof![
+            proptest::strategy::Just("listen"), proptest::strategy::Just("admin"),
+            proptest::strategy::Just("upstream"), proptest::strategy::Just("inbound"),
+            proptest::strategy::Just("identities.default"), proptest::strategy::Just("upstream.resolve"),
+        ],
+        key in "[a-z_]{1,24}",
+        value in proptest::prop_oneof![
+            "\"\\PC{0,40}\"",
+            "-?[0-9]{1,12}",
+            proptest::strategy::Just("true".to_string()),
+            "\\[\"[a-z*./:]{0,20}\"\\]",
+            "\\{ [a-z]{1,8} = \"[a-z]{0,8}\" \\}",
+        ],
+    ) {
+        let toml = format!("{MINIMAL}\n[{section}]\n{key} = {value}\n");
+        if let Err(error) = Config::from_toml(&toml) {
+            proptest::prop_assert!(!error.to_string().trim().is_empty());
+        }
+    }
+}

@@ -345,7 +345,11 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        // More than the default: the safety property of the whole proxy. `benches/fuzz.sh` asks
+        // for more still through PROPTEST_CASES.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000)
+        ))]
 
         /// Whatever the matcher admits under a prefix rule still lies under that prefix once a
         /// server decodes it and resolves dot segments.

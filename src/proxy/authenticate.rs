@@ -147,4 +147,27 @@ mod tests {
         assert_eq!(presented("aap_secret"), None);
         assert_eq!(presented(&format!("Bearer {}", "a".repeat(300))), None);
     }
+
+    proptest::proptest! {
+        /// Any `Authorization` value: no panic, and a key is found only within the caps.
+        #[test]
+        fn any_authorization_value_is_a_key_or_nothing(value in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            if let Some(key) = presented_bytes(&value) {
+                proptest::prop_assert!(!key.is_empty() && key.len() <= MAX_KEY_BYTES);
+            }
+        }
+
+        /// A key sent the way git, curl and the SDKs send a PAT is found, whatever the user name.
+        #[test]
+        fn basic_credentials_round_trip(
+            user in "[^:]{0,40}",
+            key in "[!-~]{1,200}",
+        ) {
+            proptest::prop_assert_eq!(presented(&basic(&format!("{user}:{key}"))), Some(key.as_bytes().to_vec()));
+        }
+    }
+
+    fn presented_bytes(value: &[u8]) -> Option<Vec<u8>> {
+        with_presented_key(value, <[u8]>::to_vec)
+    }
 }

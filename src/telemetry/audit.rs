@@ -231,4 +231,23 @@ mod tests {
         assert_eq!(json["outcome"], "complete");
         assert_eq!(json["replayed"], true);
     }
+
+    proptest::proptest! {
+        /// Whatever a client name or path holds (quotes, backslashes, newlines, control
+        /// characters, any Unicode), a line stays one line, and the JSON line parses back to the
+        /// same values.
+        #[test]
+        fn any_name_and_path_stay_one_line_and_round_trip(name in "\\PC{0,30}|[\"\\\n\r\t\u{0}-\u{1f}]{0,10}", path in "\\PC{0,60}") {
+            let client = Rendered::new(&name);
+            let mut record = line(&client, None, None, false);
+            record.path = &path;
+            let text = written(&record, LineFormat::Text);
+            proptest::prop_assert_eq!(text.matches('\n').count(), 1, "{}", text);
+            let json_line = written(&record, LineFormat::Json);
+            proptest::prop_assert_eq!(json_line.matches('\n').count(), 1);
+            let json: serde_json::Value = serde_json::from_str(&json_line).expect("valid JSON");
+            proptest::prop_assert_eq!(json["client"].as_str(), Some(name.as_str()));
+            proptest::prop_assert_eq!(json["path"].as_str(), Some(path.as_str()));
+        }
+    }
 }

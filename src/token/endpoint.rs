@@ -386,4 +386,43 @@ mod tests {
         let message = refusal(400, b"<html>oops", false).to_string();
         assert!(message.contains("HTTP 400"), "{message}");
     }
+
+    use proptest::strategy::Strategy as _;
+
+    proptest::proptest! {
+        /// Whatever a token endpoint answers: no panic, and nothing it says reaches an error
+        /// message with control characters (a log line stays one line).
+        #[test]
+        fn any_token_endpoint_answer_is_a_token_or_an_error(body in proptest::collection::vec(proptest::num::u8::ANY, 0..600), status in 400u16..600) {
+            let _ = parse_token(&body, Instant::now());
+            let message = refusal(status, &body, false).to_string();
+            proptest::prop_assert!(!message.chars().any(char::is_control), "{}", message);
+        }
+
+        /// JSON-shaped answers with fields of any type: a token only when every check passes.
+        #[test]
+        fn json_token_answers_are_checked(
+            token in proptest::option::of(proptest::prop_oneof![
+                "[!-~]{0,40}".prop_map(serde_json::Value::from),
+                proptest::num::i64::ANY.prop_map(serde_json::Value::from),
+                proptest::strategy::Just(serde_json::Value::Null),
+            ]),
+            expires_in in proptest::option::of(proptest::prop_oneof![
+                proptest::num::i64::ANY.prop_map(serde_json::Value::from),
+                "[0-9a-z ]{0,12}".prop_map(serde_json::Value::from),
+            ]),
+            description in "\\PC{0,80}",
+        ) {
+            let mut answer = serde_json::json!({ "error_description": description });
+            if let Some(token) = token { answer["access_token"] = token; }
+            if let Some(expires_in) = expires_in { answer["expires_in"] = expires_in; }
+            let body = answer.to_string();
+            if let Ok(issued) = parse_token(body.as_bytes(), Instant::now()) {
+                proptest::prop_assert!(!issued.lifetime.is_zero() && issued.lifetime <= MAX_LIFETIME);
+                proptest::prop_assert!(issued.bearer.is_sensitive());
+            }
+            let message = refusal(400, body.as_bytes(), false).to_string();
+            proptest::prop_assert!(!message.chars().any(char::is_control), "{}", message);
+        }
+    }
 }
