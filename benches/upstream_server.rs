@@ -232,10 +232,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 1,
     };
     let token = fake_token();
+    // `BENCH_TOKEN_LIFETIME` (seconds) makes the proxy refresh often, for the soak.
+    let lifetime: u64 = std::env::var("BENCH_TOKEN_LIFETIME")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3600);
     let token_response = serde_json::json!({
         "token_type": "Bearer",
-        "expires_in": 3600,
-        "ext_expires_in": 3600,
+        "expires_in": lifetime,
+        "ext_expires_in": lifetime,
         "access_token": token,
     })
     .to_string();
