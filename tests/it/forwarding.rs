@@ -324,11 +324,18 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
         ..Options::default()
     })
     .await;
-    let first = tokio::net::TcpStream::connect(stack.proxy)
+    let mut first = tokio::net::TcpStream::connect(stack.proxy)
         .await
         .expect("connect");
-    // Give the acceptor time to take the only slot.
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // An answer on it proves the acceptor took the only slot (the connection stays open).
+    let keep_alive = format!(
+        "GET /contoso/_apis/projects HTTP/1.1\r\nHost: {}\r\n\r\n",
+        stack.proxy
+    );
+    first.write_all(keep_alive.as_bytes()).await.expect("write");
+    let mut head = [0u8; 12];
+    first.read_exact(&mut head).await.expect("answered");
+    assert_eq!(&head, b"HTTP/1.1 200");
     let mut second = tokio::net::TcpStream::connect(stack.proxy)
         .await
         .expect("kernel backlog");
