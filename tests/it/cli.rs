@@ -28,15 +28,6 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-/// Two distinct free ports for the proxy and admin listeners: both are held until both are
-/// known, so they cannot be the same port.
-fn free_ports() -> (u16, u16) {
-    let bind = || std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    let (a, b) = (bind(), bind());
-    let port = |l: &std::net::TcpListener| l.local_addr().expect("bound").port();
-    (port(&a), port(&b))
-}
-
 struct Fakes {
     entra: FakeEntra,
     devops: FakeDevOps,
@@ -56,18 +47,24 @@ impl Fakes {
     }
 
     /// A config file whose secret lives in a file beside it, as an operator would deploy it.
-    fn write_config(&self, proxy_port: u16, admin_port: u16) -> PathBuf {
+    /// Both listeners on port 0: the binary picks free ports and says which (see [`run`]).
+    fn write_config(&self) -> PathBuf {
+        self.write_config_named("proxy.toml", 0)
+    }
+
+    /// The same with the admin listener on `admin_port`, for commands that must find it.
+    fn write_config_named(&self, name: &str, admin_port: u16) -> PathBuf {
         let secret_file = self.dir.path().join("client-secret");
         std::fs::write(
             &secret_file,
             format!("{}\n", self.entra.config().client_secret),
         )
         .expect("write secret");
-        let path = self.dir.path().join("proxy.toml");
+        let path = self.dir.path().join(name);
         std::fs::write(
             &path,
             format!(
-                "[listen]\naddress = \"127.0.0.1:{proxy_port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+                "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
                  [upstream]\nurl = \"{upstream}\"\n{identity}\n{access}",
                 upstream = self.devops.url(),
                 identity = self.entra.identity_toml(Some(&secret_file)),
@@ -96,7 +93,78 @@ async fn wait_ready(admin_port: u16) {
     panic!("binary not ready");
 }
 
-async fn terminate(child: &mut Child) -> (std::process::ExitStatus, String) {
+/// The binary serving `run`: the addresses it bound (it logs them; with port 0 it picks free
+/// ones, so no port is chosen here and taken by someone else before the binary binds it), and
+/// its stderr, collected as it comes.
+struct Running {
+    child: Child,
+    proxy: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+async fn run(mut command: Command) -> Running {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = command.spawn().expect("spawn");
+    let stderr = child.stderr.take().expect("stderr piped");
+    let logs: std::sync::Arc<std::sync::Mutex<String>> = std::sync::Arc::default();
+    let collected = logs.clone();
+    let reader = tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let mut logs = collected.lock().expect("logs lock");
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (proxy, admin) = loop {
+        let found = logs
+            .lock()
+            .expect("logs lock")
+            .lines()
+            .find(|line| line.contains("ado-auth-proxy listening"))
+            .map(|line| (field(line, "proxy"), field(line, "admin")));
+        if let Some((Some(proxy), Some(admin))) = found {
+            break (proxy, admin);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binary never said where it listens:\n{}",
+            logs.lock().expect("logs lock")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    Running {
+        child,
+        proxy,
+        admin,
+        logs,
+        reader,
+    }
+}
+
+/// A field of the "listening" line, in the JSON or the text format.
+fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
+    if let Ok(json) = serde_json::from_str::<serde_json::Value>(line) {
+        return json[name].as_str()?.parse().ok();
+    }
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{name}=")))?
+        .trim_matches('"')
+        .parse()
+        .ok()
+}
+
+/// SIGTERM, then the exit status and everything the binary wrote.
+async fn terminate(running: Running) -> (std::process::ExitStatus, String) {
+    let Running {
+        mut child,
+        logs,
+        reader,
+        ..
+    } = running;
     let pid = child.id().expect("running").to_string();
     // The shell's builtin `kill`: no procps needed on a slim machine.
     let _ = Command::new("sh")
@@ -107,31 +175,28 @@ async fn terminate(child: &mut Child) -> (std::process::ExitStatus, String) {
         .await
         .expect("exits after SIGTERM")
         .expect("wait");
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr).await;
-    }
+    let _ = reader.await;
+    let mut output = logs.lock().expect("logs lock").clone();
     if let Some(mut pipe) = child.stdout.take() {
-        let _ = pipe.read_to_string(&mut stderr).await;
+        let _ = pipe.read_to_string(&mut output).await;
     }
-    (status, stderr)
+    (status, output)
 }
 
 #[tokio::test]
 async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = free_ports();
-    let config = fakes.write_config(proxy_port, admin_port);
-    let mut child = command(&[
+    let config = fakes.write_config();
+    let mut binary = command(&[
         "--config",
         config.to_str().expect("utf-8"),
         "--log-format",
         "json",
         "run",
-    ])
-    .env("RUST_LOG", "debug")
-    .spawn()
-    .expect("spawn");
+    ]);
+    binary.env("RUST_LOG", "debug");
+    let child = run(binary).await;
+    let (proxy_port, admin_port) = (child.proxy.port(), child.admin.port());
     wait_ready(admin_port).await;
     let proxy = format!("http://127.0.0.1:{proxy_port}");
 
@@ -193,7 +258,7 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
             .text(),
     );
 
-    let (status, logs) = terminate(&mut child).await;
+    let (status, logs) = terminate(child).await;
     assert!(
         status.success(),
         "clean exit on SIGTERM: {status:?}\n{logs}"
@@ -272,8 +337,7 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
 #[tokio::test]
 async fn check_reports_the_principal_and_never_the_token() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = free_ports();
-    let config = fakes.write_config(proxy_port, admin_port);
+    let config = fakes.write_config();
     let output = command(&["--config", config.to_str().expect("utf-8"), "check"])
         .output()
         .await
@@ -308,8 +372,7 @@ async fn check_reports_the_principal_and_never_the_token() {
 #[tokio::test]
 async fn healthcheck_follows_readiness() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = free_ports();
-    let config = fakes.write_config(proxy_port, admin_port);
+    let config = fakes.write_config();
     let config = config.to_str().expect("utf-8");
     let down = command(&["--config", config, "healthcheck"])
         .output()
@@ -322,16 +385,12 @@ async fn healthcheck_follows_readiness() {
         status: 400,
         code: "AADSTS90002".into(),
     });
-    let mut child = command(&["--config", config]).spawn().expect("spawn");
+    let child = run(command(&["--config", config])).await;
+    let admin_port = child.admin.port();
+    // What `healthcheck` reads: the admin address the running binary bound.
+    let health_config = fakes.write_config_named("health.toml", admin_port);
+    let config = health_config.to_str().expect("utf-8");
     let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
-        .await
-        .is_err()
-    {
-        assert!(std::time::Instant::now() < deadline, "admin never listened");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(support::get(&readyz, &[]).await.status, 503);
     let not_ready = command(&["--config", config, "healthcheck"])
         .output()
@@ -356,7 +415,7 @@ async fn healthcheck_follows_readiness() {
         "{}",
         String::from_utf8_lossy(&up.stderr)
     );
-    let _ = terminate(&mut child).await;
+    let _ = terminate(child).await;
 }
 
 #[tokio::test]
@@ -474,21 +533,20 @@ async fn keys_new_prints_a_key_once_and_only_its_hash_for_the_config() {
 #[tokio::test]
 async fn client_keys_never_appear_in_logs_responses_or_metrics() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = free_ports();
-    let config = fakes.write_config(proxy_port, admin_port);
+    let config = fakes.write_config();
     let keys = crate::access::Keys::new();
     let text = std::fs::read_to_string(&config).expect("read");
     let text = text.replace(crate::harness::OPEN_ALLOW_ALL, &keys.access_toml());
     std::fs::write(&config, text).expect("write");
-    let mut child = command(&[
+    let mut binary = command(&[
         "--config",
         config.to_str().expect("utf-8"),
         "--log-format",
         "json",
-    ])
-    .env("RUST_LOG", "debug")
-    .spawn()
-    .expect("spawn");
+    ]);
+    binary.env("RUST_LOG", "debug");
+    let child = run(binary).await;
+    let (proxy_port, admin_port) = (child.proxy.port(), child.admin.port());
     wait_ready(admin_port).await;
     let proxy = format!("http://127.0.0.1:{proxy_port}");
     let wrong_key = "aap_wrongwrongwrongwrongwrongwrongwrongwrongwro";
@@ -509,7 +567,7 @@ async fn client_keys_never_appear_in_logs_responses_or_metrics() {
             .await
             .text(),
     );
-    let (_, logs) = terminate(&mut child).await;
+    let (_, logs) = terminate(child).await;
     let captured = format!("{logs}\n{bodies}");
     for key in [keys.reader.as_str(), keys.writer.as_str(), wrong_key] {
         assert!(!captured.contains(key), "a client key leaked");
@@ -537,12 +595,11 @@ async fn client_keys_never_appear_in_logs_responses_or_metrics() {
 async fn text_audit_lines_follow_rust_log() {
     let fakes = Fakes::start().await;
     for (filter, audited) in [("info", true), ("info,audit=off", false)] {
-        let (proxy_port, admin_port) = free_ports();
-        let config = fakes.write_config(proxy_port, admin_port);
-        let mut child = command(&["--config", config.to_str().expect("utf-8"), "run"])
-            .env("RUST_LOG", filter)
-            .spawn()
-            .expect("spawn");
+        let config = fakes.write_config();
+        let mut binary = command(&["--config", config.to_str().expect("utf-8"), "run"]);
+        binary.env("RUST_LOG", filter);
+        let child = run(binary).await;
+        let (proxy_port, admin_port) = (child.proxy.port(), child.admin.port());
         wait_ready(admin_port).await;
         let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects?api-version=7.1");
         assert_eq!(support::get(&url, &[]).await.status, 200);
@@ -553,7 +610,7 @@ async fn text_audit_lines_follow_rust_log() {
             let reply = support::request("POST", &upload, &[], vec![b'x'; size]).await;
             assert_eq!(reply.status, 200, "{}", reply.text());
         }
-        let (_, logs) = terminate(&mut child).await;
+        let (_, logs) = terminate(child).await;
         let audit: Vec<&str> = logs
             .lines()
             .filter(|line| line.contains(" INFO audit: "))
@@ -602,8 +659,7 @@ async fn proxy_variables_do_not_divert_loopback_token_requests() {
             command.env(var, dead_proxy);
         }
     };
-    let (proxy_port, admin_port) = free_ports();
-    let config = fakes.write_config(proxy_port, admin_port);
+    let config = fakes.write_config();
     let mut check = command(&["--config", config.to_str().expect("utf-8"), "check"]);
     with_proxy(&mut check);
     let output = check.output().await.expect("runs");
@@ -614,24 +670,24 @@ async fn proxy_variables_do_not_divert_loopback_token_requests() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let mut run = command(&["--config", config.to_str().expect("utf-8"), "run"]);
-    with_proxy(&mut run);
-    let mut child = run.spawn().expect("spawn");
+    let mut binary = command(&["--config", config.to_str().expect("utf-8"), "run"]);
+    with_proxy(&mut binary);
+    let child = run(binary).await;
+    let (proxy_port, admin_port) = (child.proxy.port(), child.admin.port());
     wait_ready(admin_port).await;
     let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects");
     assert_eq!(support::get(&url, &[]).await.status, 200);
-    terminate(&mut child).await;
+    terminate(child).await;
 }
 
 #[tokio::test]
 async fn managed_identity_from_app_service_variables_works_and_its_header_stays_out_of_logs() {
     let fakes = Fakes::start().await;
-    let (proxy_port, admin_port) = free_ports();
     let config = fakes.dir.path().join("managed.toml");
     std::fs::write(
         &config,
         format!(
-            "[listen]\naddress = \"127.0.0.1:{proxy_port}\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"{upstream}\"\n\
              [identities.default]\ncredential = {{ kind = \"managed_identity\" }}\n{access}",
             upstream = fakes.devops.url(),
@@ -640,16 +696,18 @@ async fn managed_identity_from_app_service_variables_works_and_its_header_stays_
     )
     .expect("write config");
     let header = fakes.entra.identity_header().to_owned();
-    let mut run = command(&["--config", config.to_str().expect("utf-8"), "run"]);
-    run.env("IDENTITY_ENDPOINT", fakes.entra.app_service_url())
+    let mut binary = command(&["--config", config.to_str().expect("utf-8"), "run"]);
+    binary
+        .env("IDENTITY_ENDPOINT", fakes.entra.app_service_url())
         .env("IDENTITY_HEADER", &header)
         .env("RUST_LOG", "debug");
-    let mut child = run.spawn().expect("spawn");
+    let child = run(binary).await;
+    let (proxy_port, admin_port) = (child.proxy.port(), child.admin.port());
     wait_ready(admin_port).await;
     let url = format!("http://127.0.0.1:{proxy_port}/contoso/_apis/projects");
     assert_eq!(support::get(&url, &[]).await.status, 200);
     assert!(fakes.entra.managed_identity_requests() >= 1);
-    let (_, logs) = terminate(&mut child).await;
+    let (_, logs) = terminate(child).await;
     assert!(!logs.is_empty(), "debug logs were captured");
     assert!(
         !logs.contains(&header),

@@ -197,11 +197,13 @@ async fn upstream_down_is_502_and_silent_upstream_is_504() {
     assert_eq!(reply.status, 504, "{}", reply.text());
     assert_eq!(reply.json()["error"], "gateway_timeout");
 
-    // Point a second proxy at a port nobody listens on.
-    let closed = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr")
-    };
+    // Point a second proxy at a port nobody listens on: bound, so no one else can take it
+    // while the test runs, but never listening, so every connection is refused.
+    let reserved = tokio::net::TcpSocket::new_v4().expect("socket");
+    reserved
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let closed = reserved.local_addr().expect("addr");
     stack.shutdown().await;
     let toml = Stack::config_toml(
         &stack.entra,
