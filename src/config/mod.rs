@@ -10,10 +10,12 @@ use std::path::Path;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 
+mod network;
 mod raw;
 mod types;
 mod validate;
 
+pub use network::Network;
 pub use types::{
     Admin, AssertionAlgorithm, CertificateFiles, ClientConfig, Credential, EntraApp,
     FederatedSource, Identity, Inbound, InboundMode, Listen, ManagedIdentity, ManagedProtocol,

@@ -71,6 +71,8 @@ pub(super) struct RawListen {
     /// What absolute URLs in responses are rewritten to; unset on a loopback listener, each
     /// request's `Host`.
     pub(super) public_url: Option<String>,
+    /// Load balancers whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
+    pub(super) trusted_proxies: Vec<String>,
 }
 
 impl Default for RawListen {
@@ -85,6 +87,7 @@ impl Default for RawListen {
             shutdown_grace_period: DurationValue(Duration::from_secs(25)),
             workers: 0,
             public_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

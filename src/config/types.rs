@@ -7,6 +7,7 @@ use std::time::Duration;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
+use super::network::Network;
 use crate::policy::Allowlist;
 use crate::policy::Hosts;
 use crate::secret::Secret;
@@ -50,6 +51,8 @@ pub struct Listen {
     /// Scheme and authority clients reach the proxy at (no trailing slash); `None`: each
     /// request's `Host`, on a loopback listener only.
     pub public_url: Option<String>,
+    /// Whose `X-Forwarded-For` names the client in the audit line.
+    pub trusted_proxies: Vec<Network>,
 }
 
 #[derive(Debug, Clone)]

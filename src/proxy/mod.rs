@@ -8,6 +8,7 @@ pub mod body;
 pub mod exchange;
 mod forward;
 pub mod headers;
+pub mod origin;
 pub mod pool;
 pub mod resolve;
 pub mod rewrite;
@@ -139,12 +140,14 @@ impl Proxy {
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
         // Boxed: it goes from this future into the response body, and both are moved around
         // per request; a pointer moves cheaper than the record.
+        // The one read of the configuration: this request is judged by it to its end.
+        let snapshot = self.snapshot.load_full();
+        let origin = origin::origin(peer, request.headers(), &snapshot.trusted_proxies);
         let mut exchange = Box::new(Exchange::begin(
             self.metrics.clone(),
-            // The one read of the configuration: this request is judged by it to its end.
-            self.snapshot.load_full(),
+            snapshot,
             self.request_ids.next(),
-            peer,
+            origin,
             request.method().clone(),
             request.uri().clone(),
         ));

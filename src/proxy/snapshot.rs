@@ -12,7 +12,7 @@ use http::HeaderValue;
 use super::authenticate::Inbound;
 use super::rewrite::UrlMap;
 use super::route::Served;
-use crate::config::{Config, DEFAULT_IDENTITY, InboundMode};
+use crate::config::{Config, DEFAULT_IDENTITY, InboundMode, Network};
 use crate::policy::Allowlist;
 use crate::telemetry::ClientTelemetry;
 use crate::telemetry::metrics::Metrics;
@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub inbound: Inbound,
     /// The Azure DevOps hosts requests may go to.
     pub hosts: Served,
+    /// Load balancers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Box<[Network]>,
     /// `listen.public_url`; unset, each request's `Host` on a loopback listener.
     pub public_url: Option<Arc<UrlMap>>,
     /// Indexed by what [`Inbound::authenticate`] returns.
@@ -88,6 +90,7 @@ impl Snapshot {
             .collect();
         Ok(Snapshot {
             inbound,
+            trusted_proxies: config.listen.trusted_proxies.clone().into_boxed_slice(),
             public_url: config
                 .listen
                 .public_url

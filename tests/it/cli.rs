@@ -714,3 +714,42 @@ async fn managed_identity_from_app_service_variables_works_and_its_header_stays_
         "IDENTITY_HEADER in the logs:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn the_audit_line_names_the_client_behind_a_trusted_proxy_only() {
+    let fakes = Fakes::start().await;
+    let config = fakes.write_config();
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replacen(
+            "[listen]\n",
+            "[listen]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+            1,
+        ),
+    )
+    .expect("write");
+    let mut binary = command(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ]);
+    binary.env("RUST_LOG", "info");
+    let child = run(binary).await;
+    wait_ready(child.admin.port()).await;
+    let url = format!("http://{}/contoso/_apis/projects", child.proxy);
+    let forwarded = [("x-forwarded-for", "203.0.113.50, 198.51.100.9")];
+    assert_eq!(support::get(&url, &forwarded).await.status, 200);
+    assert_eq!(support::get(&url, &[]).await.status, 200);
+    let (_, logs) = terminate(child).await;
+    let peers: Vec<String> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "audit")
+        .map(|line| line["peer"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(peers.len(), 2, "{logs}");
+    assert_eq!(peers[0], "198.51.100.9:0", "the hop the trusted proxy saw");
+    assert!(peers[1].starts_with("127.0.0.1:"), "{}", peers[1]);
+}

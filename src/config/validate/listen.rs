@@ -1,6 +1,6 @@
 use super::Validator;
 use crate::config::raw::{RawAdmin, RawListen};
-use crate::config::{Admin, ConfigError, Listen};
+use crate::config::{Admin, ConfigError, Listen, Network};
 
 impl Validator<'_> {
     pub(super) fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
@@ -21,8 +21,18 @@ impl Validator<'_> {
             None => None,
             Some(url) => Some(self.public_url(url)?),
         };
+        let mut trusted_proxies = Vec::with_capacity(raw.trusted_proxies.len());
+        for (index, text) in raw.trusted_proxies.iter().enumerate() {
+            trusted_proxies.push(Network::parse(text).ok_or_else(|| {
+                self.error(
+                    &format!("listen.trusted_proxies[{index}]"),
+                    format!("`{text}` is not an IP address or a range such as 10.0.0.0/8"),
+                )
+            })?);
+        }
         Ok(Listen {
             address,
+            trusted_proxies,
             public_url,
             header_read_timeout: raw.header_read_timeout.0,
             max_header_bytes: raw.max_header_bytes,
