@@ -506,7 +506,7 @@ fn credential_kinds_are_checked_where_they_are_written() {
 
 proptest::proptest! {
     /// Any value under any key of any section: validation answers Ok or an error, never a panic,
-    /// and an error names something (a key, or where the text stopped parsing).
+    /// and an error names the key or its section.
     #[test]
     fn any_key_and_value_is_loaded_or_refused_with_a_reason(
         section in proptest::prop_oneof![
@@ -525,7 +525,12 @@ proptest::proptest! {
     ) {
         let toml = format!("{MINIMAL}\n[{section}]\n{key} = {value}\n");
         if let Err(error) = Config::from_toml(&toml) {
-            proptest::prop_assert!(!error.to_string().trim().is_empty());
+            let message = error.to_string();
+            let last = section.rsplit('.').next().unwrap_or(section);
+            proptest::prop_assert!(
+                message.contains(key.as_str()) || message.contains(last),
+                "names neither `{}` nor `{}`: {}", key, section, message
+            );
         }
     }
 }
