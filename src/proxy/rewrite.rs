@@ -271,17 +271,9 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::policy::{HostPattern, Hosts};
 
     fn served() -> Served {
-        Served {
-            default_host: "dev.azure.com".into(),
-            others: Hosts::new(vec![
-                HostPattern::compile("*.dev.azure.com").expect("pattern"),
-                HostPattern::compile("*.visualstudio.com").expect("pattern"),
-            ]),
-            plain_origin: None,
-        }
+        Served::example()
     }
 
     fn whole(input: &str) -> String {

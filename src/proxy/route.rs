@@ -21,6 +21,22 @@ pub struct Served {
     pub plain_origin: Option<Box<str>>,
 }
 
+#[cfg(test)]
+impl Served {
+    /// `dev.azure.com` at the root, and the subdomains of `dev.azure.com` and `visualstudio.com`.
+    pub fn example() -> Served {
+        use crate::policy::HostPattern;
+        Served {
+            default_host: "dev.azure.com".into(),
+            others: Hosts::new(vec![
+                HostPattern::compile("*.dev.azure.com").expect("pattern"),
+                HostPattern::compile("*.visualstudio.com").expect("pattern"),
+            ]),
+            plain_origin: None,
+        }
+    }
+}
+
 /// A request's host (`None`: the default upstream) and the path to judge and forward.
 pub struct Route<'a> {
     pub host: Option<&'a str>,
@@ -95,17 +111,9 @@ pub fn route<'a>(path: &'a str, served: &Served) -> Result<Route<'a>, Rejection>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::HostPattern;
 
     fn served() -> Served {
-        Served {
-            default_host: "dev.azure.com".into(),
-            others: Hosts::new(vec![
-                HostPattern::compile("*.dev.azure.com").expect("pattern"),
-                HostPattern::compile("*.visualstudio.com").expect("pattern"),
-            ]),
-            plain_origin: None,
-        }
+        Served::example()
     }
 
     #[test]

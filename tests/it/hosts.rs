@@ -265,14 +265,19 @@ with zipfile.ZipFile(sys.argv[1], "w") as wheel:
     for name, text in files.items():
         wheel.writestr(name, text)
 "#;
+    python_writes(script, &path).await
+}
+
+/// Runs a Python `script` that writes the file named by its first argument, and reads it.
+async fn python_writes(script: &str, path: &std::path::Path) -> Vec<u8> {
     let status = tokio::process::Command::new("python3")
         .args(["-c", script])
-        .arg(&path)
+        .arg(path)
         .status()
         .await
         .expect("run python3");
-    assert!(status.success(), "building the wheel");
-    std::fs::read(&path).expect("wheel")
+    assert!(status.success(), "python3 writing {}", path.display());
+    std::fs::read(path).expect("written")
 }
 
 #[tokio::test]
@@ -343,14 +348,7 @@ with tarfile.open(sys.argv[1], "w:gz") as tgz:
         info.size = len(data)
         tgz.addfile(info, io.BytesIO(data))
 "#;
-    let status = tokio::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(&path)
-        .status()
-        .await
-        .expect("run python3");
-    assert!(status.success(), "building the tarball");
-    std::fs::read(&path).expect("tarball")
+    python_writes(script, &path).await
 }
 
 #[tokio::test]

@@ -18,8 +18,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::json;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
@@ -145,20 +143,11 @@ impl Drop for FakeAzure {
 }
 
 fn acceptor() -> tokio_rustls::TlsAcceptor {
-    let certificate =
-        CertificateDer::from_pem_file(fixtures::path("devops-cert.pem")).expect("fixture cert");
-    let key =
-        PrivateKeyDer::from_pem_file(fixtures::path("devops-key.pk8.pem")).expect("fixture key");
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![certificate], key)
-    .expect("server config");
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    super::tls_upstream::acceptor_with(
+        "devops-cert.pem",
+        "devops-key.pk8.pem",
+        &[b"h2", b"http/1.1"],
+    )
 }
 
 /// What Azure DevOps' Resource Areas answer looks like: absolute URLs on sibling hosts, one

@@ -128,10 +128,14 @@ impl Drop for TlsUpstream {
 
 /// TLS with the fixture certificate, offering `alpn`.
 fn acceptor(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    acceptor_with("upstream-cert.pem", "upstream-key.pk8.pem", alpn)
+}
+
+/// TLS with the fixture certificate and key of these names, offering `alpn`.
+pub fn acceptor_with(certificate: &str, key: &str, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
     let certificate =
-        CertificateDer::from_pem_file(fixtures::path("upstream-cert.pem")).expect("fixture cert");
-    let key =
-        PrivateKeyDer::from_pem_file(fixtures::path("upstream-key.pk8.pem")).expect("fixture key");
+        CertificateDer::from_pem_file(fixtures::path(certificate)).expect("fixture cert");
+    let key = PrivateKeyDer::from_pem_file(fixtures::path(key)).expect("fixture key");
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
