@@ -43,6 +43,8 @@ async fn hosts_stack(listen_toml: &str) -> Hosts {
               {{ methods = ["GET"], path = "/contoso/_apis/**" }},
               {{ methods = ["GET"], path = "/contoso/_redirect/**" }},
               {{ host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/_packaging/**" }},
+              {{ host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/*/_packaging/**" }},
+              {{ host = "pkgs.dev.azure.com", methods = ["POST"], path = "/contoso/_packaging/*/pypi/upload" }},
               {{ host = "*.visualstudio.com", methods = ["GET"], path = "/**" }},
             ]
             "#,
@@ -439,5 +441,128 @@ async fn npm_installs_from_a_feed_through_an_absolute_tarball_url() {
             .contains(&format!("/_packaging/{feed}/npm/registry/demo/-/"))),
         "npm fetched the tarball through the proxy: {seen:?}"
     );
+    h.assert_only_tokens_reached_azure();
+}
+
+#[tokio::test]
+async fn twine_uploads_to_a_feed_through_the_proxy() {
+    let h = hosts_stack("").await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let wheel = demo_wheel(work.path()).await;
+    let upload = "/contoso/_packaging/internal/pypi/upload/";
+    h.azure
+        .serve("pkgs.dev.azure.com", upload, "text/plain", "OK");
+    let output = tokio::process::Command::new("python3")
+        .args([
+            "-m",
+            "twine",
+            "upload",
+            "--non-interactive",
+            "--disable-progress-bar",
+        ])
+        .arg("--repository-url")
+        .arg(format!(
+            "http://{}/_host/pkgs.dev.azure.com{upload}",
+            h.stack.proxy
+        ))
+        .args(["-u", "tool", "-p", &h.key])
+        .arg(work.path().join("demo-1.0-py3-none-any.whl"))
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,127.0.0.2,localhost")
+        .output()
+        .await
+        .expect("run twine");
+    assert!(
+        output.status.success(),
+        "twine: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen = h.azure.seen();
+    let uploaded = seen
+        .iter()
+        .find(|r| r.method == "POST" && r.host == "pkgs.dev.azure.com" && r.target == upload)
+        .expect("the upload reached the feed");
+    let wheel_in_body = uploaded
+        .body
+        .windows(wheel.len())
+        .any(|window| window == wheel.as_slice());
+    assert!(
+        wheel_in_body,
+        "the wheel arrived whole in the multipart body"
+    );
+    h.assert_only_tokens_reached_azure();
+}
+
+/// NuGet's v3 protocol, walked as NuGet walks it (no v3 client installs here): the service
+/// index, its `PackageBaseAddress` (absolute, on the project's and feed's GUIDs), the versions,
+/// then the package, which redirects to storage. Basic only, as NuGet sends.
+#[tokio::test]
+async fn the_nuget_v3_walk_stays_on_the_proxy_until_storage() {
+    let h = hosts_stack("").await;
+    let feed = crate::support::azure::FEED_ID;
+    let project = "6ce954b1-ce1f-45d1-b94d-e6bf2464ba2c";
+    let base = format!("https://pkgs.dev.azure.com/contoso/{project}/_packaging/{feed}/nuget/v3");
+    h.azure.serve(
+        "pkgs.dev.azure.com",
+        "/contoso/_packaging/internal/nuget/v3/index.json",
+        "application/json",
+        serde_json::json!({
+            "version": "3.0.0",
+            "resources": [
+                { "@id": format!("{base}/flat2/"), "@type": "PackageBaseAddress/3.0.0" },
+                { "@id": format!("{base}/registrations2-semver2/"), "@type": "RegistrationsBaseUrl/3.6.0" },
+            ]
+        })
+        .to_string(),
+    );
+    let flat = format!("/contoso/{project}/_packaging/{feed}/nuget/v3/flat2/demo");
+    h.azure.serve(
+        "pkgs.dev.azure.com",
+        &format!("{flat}/index.json"),
+        "application/json",
+        r#"{"versions":["1.0.0"]}"#,
+    );
+    h.blob.store("demo.1.0.0.nupkg", b"PK nupkg bytes".to_vec());
+    h.azure.serve_redirect(
+        "pkgs.dev.azure.com",
+        &format!("{flat}/1.0.0/demo.1.0.0.nupkg"),
+        &format!("{}/c/demo.1.0.0.nupkg?sv=2024&sig=abc", h.blob.url()),
+    );
+
+    let index = h
+        .get(
+            "/_host/pkgs.dev.azure.com/contoso/_packaging/internal/nuget/v3/index.json",
+            &[],
+        )
+        .await;
+    assert_eq!(index.status, StatusCode::OK, "{}", index.text());
+    let package_base = index.json()["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .find(|r| r["@type"] == "PackageBaseAddress/3.0.0")
+        .and_then(|r| r["@id"].as_str())
+        .expect("PackageBaseAddress")
+        .to_owned();
+    let proxy = format!("http://{}", h.stack.proxy);
+    let rest = package_base
+        .strip_prefix(&proxy)
+        .unwrap_or_else(|| panic!("{package_base} does not lead back to the proxy"));
+    let versions = h.get(&format!("{rest}demo/index.json"), &[]).await;
+    assert_eq!(versions.json()["versions"][0], "1.0.0");
+    let nupkg = h
+        .get(&format!("{rest}demo/1.0.0/demo.1.0.0.nupkg"), &[])
+        .await;
+    assert_eq!(nupkg.status, StatusCode::FOUND);
+    let location = nupkg.header("location").expect("redirect").to_owned();
+    assert!(
+        location.starts_with(&h.blob.url()),
+        "storage, as it is: {location}"
+    );
+    // NuGet follows it itself, with no credential.
+    let blob = support::get(&location, &[]).await;
+    assert_eq!(blob.body.as_ref(), b"PK nupkg bytes");
     h.assert_only_tokens_reached_azure();
 }

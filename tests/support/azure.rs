@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -46,7 +47,12 @@ pub struct Seen {
     pub authorization: Option<String>,
     /// A Bearer JWT with the shared key's signature, not expired.
     pub token_valid: bool,
+    /// The request body (uploads).
+    pub body: Bytes,
 }
+
+/// The content type of a set-up answer that is a redirect to its body.
+const REDIRECT: &str = "redirect";
 
 /// An answer a test sets up: (host, path, content type, body).
 type Canned = (String, String, String, Bytes);
@@ -101,6 +107,11 @@ impl FakeAzure {
             key,
             task,
         }
+    }
+
+    /// Answers `https://{host}{path}` (with a valid token) with a redirect to `location`.
+    pub fn serve_redirect(&self, host: &str, path: &str, location: &str) {
+        self.serve(host, path, REDIRECT, location.to_owned());
     }
 
     /// Answers `GET https://{host}{path}` (with a valid token) with this body.
@@ -170,20 +181,26 @@ async fn answer(
     canned: &Mutex<Vec<Canned>>,
     request: Request<Incoming>,
 ) -> Response<Body> {
+    let (request, body) = request.into_parts();
+    // Uploads are read whole (bounded): tests look at what arrived.
+    let body = match http_body_util::Limited::new(body, 16 << 20).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
     let host = request
-        .uri()
+        .uri
         .host()
         .map(str::to_owned)
         .or_else(|| {
             request
-                .headers()
+                .headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .map(|h| h.split(':').next().unwrap_or(h).to_owned())
         })
         .unwrap_or_default();
     let authorization = request
-        .headers()
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
@@ -192,16 +209,17 @@ async fn answer(
         .and_then(|value| value.strip_prefix("Bearer "))
         .is_some_and(|token| signing_key.is_some_and(|key| jwt::verify(token, key).is_ok()));
     let target = request
-        .uri()
+        .uri
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
     recorder.lock().expect("seen lock").push(Seen {
         host: host.clone(),
-        method: request.method().to_string(),
+        method: request.method.to_string(),
         target: target.clone(),
         authorization,
         token_valid,
+        body: body.clone(),
     });
     if !token_valid {
         let mut response = json_response(StatusCode::UNAUTHORIZED, &json!({"message": "TF400813"}));
@@ -214,11 +232,11 @@ async fn answer(
         return response;
     }
     let gzip = request
-        .headers()
+        .headers
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
-    let path = request.uri().path();
+    let path = request.uri.path();
     let set_up = canned
         .lock()
         .expect("canned lock")
@@ -226,6 +244,9 @@ async fn answer(
         .find(|(h, p, _, _)| *h == host && p == path)
         .map(|(_, _, content_type, body)| (content_type.clone(), body.clone()));
     if let Some((content_type, body)) = set_up {
+        if content_type == REDIRECT {
+            return redirect(&String::from_utf8_lossy(&body));
+        }
         return Response::builder()
             .header(header::CONTENT_TYPE, content_type)
             .body(full(body))
@@ -241,7 +262,7 @@ async fn answer(
             let mut builder = Response::builder()
                 .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
                 .header(header::CONTENT_LENGTH, body.len());
-            let body = if gzip && request.uri().query() == Some("gzip") {
+            let body = if gzip && request.uri.query() == Some("gzip") {
                 let mut encoder =
                     async_compression::tokio::write::GzipEncoder::new(Vec::<u8>::new());
                 encoder.write_all(body.as_bytes()).await.expect("gzip");
