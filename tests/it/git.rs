@@ -96,3 +96,80 @@ async fn git_clone_push_and_fetch_work_through_the_proxy() {
         }
     }
 }
+
+/// git LFS follows the absolute `href`s of the batch API; the proxy rewrites them to itself, so
+/// objects go up and come down through it, with the token, and never to the real host.
+#[tokio::test]
+async fn git_lfs_pushes_and_pulls_objects_through_the_proxy() {
+    let stack = Stack::start().await;
+    stack.devops.create_repo("contoso", "web", "web");
+    let work = tempfile::TempDir::new().expect("temp dir");
+    let url = format!("http://{}/contoso/web/_git/web", stack.proxy);
+    // git-lfs' filters for the clones made from `work` (their HOME; see `git`).
+    assert_ok(
+        &git(work.path(), &["lfs", "install"]).await,
+        "git lfs install",
+    );
+
+    assert_ok(
+        &git(work.path(), &["clone", &url, "first"]).await,
+        "git clone",
+    );
+    let first = work.path().join("first");
+    // Commands in the clone run with a HOME of their own (see `git`): the filters go in the
+    // repository's config.
+    assert_ok(
+        &git(&first, &["lfs", "install", "--local"]).await,
+        "git lfs install --local",
+    );
+    assert_ok(
+        &git(&first, &["lfs", "track", "*.bin"]).await,
+        "git lfs track",
+    );
+    let object: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(first.join("model.bin"), &object).expect("write object");
+    assert_ok(
+        &git(&first, &["add", ".gitattributes", "model.bin"]).await,
+        "git add",
+    );
+    assert_ok(
+        &git(&first, &["commit", "-q", "-m", "an LFS object"]).await,
+        "commit",
+    );
+    assert_ok(
+        &git(&first, &["push", "origin", "main"]).await,
+        "git push (with LFS)",
+    );
+
+    assert_ok(
+        &git(work.path(), &["clone", &url, "second"]).await,
+        "git clone (with LFS)",
+    );
+    let pulled = std::fs::read(work.path().join("second/model.bin")).expect("checked out");
+    assert!(
+        pulled == object,
+        "the LFS object came back whole, not as a pointer file"
+    );
+
+    let requests = stack.devops.requests();
+    eprintln!(
+        "ALL {:?}",
+        requests
+            .iter()
+            .map(|r| (&r.method, &r.uri))
+            .collect::<Vec<_>>()
+    );
+    let lfs: Vec<_> = requests
+        .iter()
+        .filter(|r| r.uri.contains("/info/lfs/"))
+        .collect();
+    assert!(
+        lfs.iter().any(|r| r.method == "PUT") && lfs.iter().any(|r| r.method == "GET"),
+        "the object went up and came down through the proxy: {:?}",
+        lfs.iter().map(|r| (&r.method, &r.uri)).collect::<Vec<_>>()
+    );
+    assert!(
+        lfs.iter().all(|r| r.authorized),
+        "every LFS request carried a valid token"
+    );
+}

@@ -68,6 +68,8 @@ struct State {
     revoked_jtis: Mutex<HashSet<String>>,
     /// Object ids added to the organization; `None` admits every principal.
     members: Mutex<Option<Vec<String>>>,
+    /// git LFS objects by oid, for every repository.
+    lfs: Mutex<std::collections::HashMap<String, Bytes>>,
 }
 
 /// Why a correctly signed token is still refused.
@@ -131,6 +133,7 @@ impl FakeDevOps {
             seen_jtis: Mutex::default(),
             revoked_jtis: Mutex::default(),
             members: Mutex::default(),
+            lfs: Mutex::default(),
         });
         slot.set(state.clone())
             .unwrap_or_else(|_| unreachable!("set once"));
@@ -315,6 +318,15 @@ impl ReqBody {
         Ok(total)
     }
 
+    /// The whole body (small ones: LFS batches and objects in tests).
+    async fn bytes(mut self) -> Bytes {
+        let mut all = Vec::new();
+        while let Some(Ok(chunk)) = self.chunk().await {
+            all.extend_from_slice(&chunk);
+        }
+        Bytes::from(all)
+    }
+
     /// Keeps reading in the background so `body_bytes` is meaningful for routes that ignore it.
     fn drain(self) {
         tokio::spawn(self.count_to_end());
@@ -397,6 +409,37 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             let path_info = format!("/{org}/{project}/{repo}.git/{}", rest.join("/"));
             return git_cgi(&state, &parts, body, &path_info, &claims).await;
         }
+        [
+            org,
+            project,
+            "_git",
+            repo,
+            "info",
+            "lfs",
+            "objects",
+            "batch",
+        ] if method == Method::POST => {
+            return lfs_batch(&state, body, &format!("/{org}/{project}/_git/{repo}")).await;
+        }
+        [.., "_git", _, "info", "lfs", "objects", oid] if method == Method::PUT => {
+            let data = body.bytes().await;
+            state
+                .lfs
+                .lock()
+                .expect("lfs lock")
+                .insert((*oid).to_owned(), data);
+            return text(StatusCode::OK, "stored");
+        }
+        [.., "_git", _, "info", "lfs", "objects", oid] if get => {
+            let stored = state.lfs.lock().expect("lfs lock").get(*oid).cloned();
+            return match stored {
+                Some(data) => Response::builder()
+                    .header(header::CONTENT_TYPE, "application/octet-stream")
+                    .body(full(data))
+                    .expect("response"),
+                None => text(StatusCode::NOT_FOUND, "no such object"),
+            };
+        }
         ["_test", "echo"] => return echo(&parts, body).await,
         ["_test", "upload"] if method == Method::POST || method == Method::PUT => {
             return upload(&state, body).await;
@@ -441,6 +484,44 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             .expect("static response"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
+}
+
+/// The git LFS batch API, as Azure DevOps answers it: every action an absolute `href` on its
+/// own host (which the proxy must rewrite, or git-lfs would leave it).
+async fn lfs_batch(state: &State, body: ReqBody, repo_path: &str) -> Response<Body> {
+    let request: Value = serde_json::from_slice(&body.bytes().await).unwrap_or(Value::Null);
+    let operation = request["operation"].as_str().unwrap_or("download");
+    let stored = state.lfs.lock().expect("lfs lock");
+    let objects: Vec<Value> = request["objects"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|object| {
+            let oid = object["oid"].as_str().unwrap_or_default();
+            let href = format!("{}{repo_path}/info/lfs/objects/{oid}", state.url);
+            let mut answer = json!({ "oid": oid, "size": object["size"], "authenticated": true });
+            match operation {
+                "upload" if !stored.contains_key(oid) => {
+                    answer["actions"] = json!({ "upload": { "href": href } });
+                }
+                "download" if stored.contains_key(oid) => {
+                    answer["actions"] = json!({ "download": { "href": href } });
+                }
+                "download" => {
+                    answer["error"] = json!({ "code": 404, "message": "not found" });
+                }
+                _ => {}
+            }
+            answer
+        })
+        .collect();
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/vnd.git-lfs+json")
+        .body(full(
+            json!({ "transfer": "basic", "objects": objects }).to_string(),
+        ))
+        .expect("response")
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
