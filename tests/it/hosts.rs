@@ -566,3 +566,75 @@ async fn the_nuget_v3_walk_stays_on_the_proxy_until_storage() {
     assert_eq!(blob.body.as_ref(), b"PK nupkg bytes");
     h.assert_only_tokens_reached_azure();
 }
+
+/// Debian's Maven and its dependency plugin (Maven cannot download plugins here): a throwaway
+/// local repository seeded from Debian's, and a mirror of everything at the feed through the
+/// proxy, the client key as the server's password.
+#[tokio::test]
+async fn maven_fetches_an_artifact_from_a_feed_through_the_proxy() {
+    let h = hosts_stack("").await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let local = work.path().join("repository");
+    std::fs::create_dir(&local).expect("local repository");
+    for entry in std::fs::read_dir("/usr/share/maven-repo").expect("Debian's Maven repository") {
+        let entry = entry.expect("entry");
+        std::os::unix::fs::symlink(entry.path(), local.join(entry.file_name())).expect("link");
+    }
+    let plugin_version =
+        std::fs::read_dir("/usr/share/maven-repo/org/apache/maven/plugins/maven-dependency-plugin")
+            .expect("libmaven-dependency-plugin-java")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|v| v.chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .max()
+            .expect("a plugin version");
+    let feed = "/contoso/_packaging/internal/maven/v1";
+    let artifact = format!("{feed}/ado/test/demo/1.0/demo-1.0");
+    h.azure.serve(
+        "pkgs.dev.azure.com",
+        &format!("{artifact}.pom"),
+        "application/xml",
+        "<project><modelVersion>4.0.0</modelVersion><groupId>ado.test</groupId>\
+         <artifactId>demo</artifactId><version>1.0</version></project>",
+    );
+    h.blob.store("demo-1.0.jar", b"PK jar bytes".to_vec());
+    h.azure.serve_redirect(
+        "pkgs.dev.azure.com",
+        &format!("{artifact}.jar"),
+        &format!("{}/c/demo-1.0.jar?sv=2024&sig=abc", h.blob.url()),
+    );
+    let settings = work.path().join("settings.xml");
+    std::fs::write(
+        &settings,
+        format!(
+            "<settings><servers><server><id>feed</id><username>tool</username>\
+             <password>{key}</password></server></servers>\
+             <mirrors><mirror><id>feed</id><mirrorOf>*</mirrorOf>\
+             <url>http://{proxy}/_host/pkgs.dev.azure.com{feed}</url></mirror></mirrors></settings>",
+            key = h.key,
+            proxy = h.stack.proxy,
+        ),
+    )
+    .expect("settings.xml");
+    let output = tokio::process::Command::new("mvn")
+        .args(["-B", "-q", "-s"])
+        .arg(&settings)
+        .arg(format!("-Dmaven.repo.local={}", local.display()))
+        .arg(format!(
+            "org.apache.maven.plugins:maven-dependency-plugin:{plugin_version}:get"
+        ))
+        .args(["-Dartifact=ado.test:demo:1.0", "-Dtransitive=false"])
+        .current_dir(work.path())
+        .env("MAVEN_OPTS", "-Dhttp.nonProxyHosts=127.0.0.1|127.0.0.2")
+        .output()
+        .await
+        .expect("run mvn");
+    assert!(
+        output.status.success(),
+        "mvn: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let jar = std::fs::read(local.join("ado/test/demo/1.0/demo-1.0.jar")).expect("downloaded");
+    assert_eq!(jar, b"PK jar bytes");
+    h.assert_only_tokens_reached_azure();
+}

@@ -253,6 +253,11 @@ async fn answer(
             .expect("response");
     }
     match (host.as_str(), path) {
+        // A Maven repository has what was set up, and nothing else.
+        ("pkgs.dev.azure.com", p) if p.contains("/maven/v1/") => json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "message": "not in this feed" }),
+        ),
         ("pkgs.dev.azure.com", p) if p.contains("/npm/registry/") && p.contains("/-/") => {
             let file = p.rsplit('/').next().unwrap_or_default();
             redirect(&format!("{blob}/c/{file}?sv=2024&sig=abc"))
