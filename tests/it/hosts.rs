@@ -46,6 +46,8 @@ async fn hosts_stack(listen_toml: &str) -> Hosts {
               {{ host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/*/_packaging/**" }},
               {{ host = "pkgs.dev.azure.com", methods = ["POST"], path = "/contoso/_packaging/*/pypi/upload" }},
               {{ host = "*.visualstudio.com", methods = ["GET"], path = "/**" }},
+              {{ methods = ["GET", "OPTIONS"], path = "/fabrikam/**" }},
+              {{ host = "vsrm.dev.azure.com", methods = ["GET", "OPTIONS"], path = "/fabrikam/**" }},
             ]
             "#,
             Keys::hash(&key)
@@ -636,5 +638,100 @@ async fn maven_fetches_an_artifact_from_a_feed_through_the_proxy() {
     );
     let jar = std::fs::read(local.join("ado/test/demo/1.0/demo-1.0.jar")).expect("downloaded");
     assert_eq!(jar, b"PK jar bytes");
+    h.assert_only_tokens_reached_azure();
+}
+
+/// An ApiResourceLocation, as `OPTIONS {url}/_apis` lists them.
+fn location(id: &str, area: &str, resource: &str, route: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": id, "area": area, "resourceName": resource, "routeTemplate": route,
+        "routeName": resource, "resourceVersion": 1,
+        "minVersion": "1.0", "maxVersion": "7.1", "releasedVersion": "7.1",
+    })
+}
+
+/// The `azure-devops` Python SDK asks where each area lives (OPTIONS for the routes, then
+/// Resource Areas), gets an absolute URL on another host, and calls it: through the proxy, since
+/// the URL it got names the proxy.
+#[tokio::test]
+async fn the_python_sdk_calls_an_area_it_discovers_on_another_host() {
+    let h = hosts_stack("").await;
+    let collection = |value: serde_json::Value| {
+        let count = value.as_array().map_or(0, Vec::len);
+        serde_json::json!({ "count": count, "value": value }).to_string()
+    };
+    h.azure.serve(
+        "dev.azure.com",
+        "/fabrikam/_apis",
+        "application/json",
+        collection(serde_json::json!([location(
+            "e81700f7-3be2-46de-8624-2eb35882fcaa",
+            "Location",
+            "ResourceAreas",
+            "_apis/{resource}/{areaId}",
+        )])),
+    );
+    h.azure.serve(
+        "dev.azure.com",
+        "/fabrikam/_apis/ResourceAreas",
+        "application/json",
+        collection(serde_json::json!([{
+            "id": "efc2f575-36ef-48e9-b672-0c6fb4a48ac5",
+            "name": "Release",
+            "locationUrl": "https://vsrm.dev.azure.com/fabrikam/",
+        }])),
+    );
+    h.azure.serve(
+        "vsrm.dev.azure.com",
+        "/fabrikam/_apis",
+        "application/json",
+        collection(serde_json::json!([location(
+            "d8f96f24-8ea7-4cb6-baab-2df8fc515665",
+            "Release",
+            "definitions",
+            "{project}/_apis/{area}/{resource}/{definitionId}",
+        )])),
+    );
+    h.azure.serve(
+        "vsrm.dev.azure.com",
+        "/fabrikam/web/_apis/Release/definitions",
+        "application/json",
+        collection(serde_json::json!([{ "id": 7, "name": "deploy-web" }])),
+    );
+    let work = tempfile::tempdir().expect("temp dir");
+    let script = r#"
+import sys
+from azure.devops.connection import Connection
+from msrest.authentication import BasicAuthentication
+connection = Connection(base_url=sys.argv[1], creds=BasicAuthentication("tool", sys.argv[2]))
+definitions = connection.clients.get_release_client().get_release_definitions(project="web")
+print("|".join(d.name for d in definitions))
+"#;
+    let output = tokio::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(format!("http://{}/fabrikam", h.stack.proxy))
+        .arg(&h.key)
+        .env("HOME", work.path())
+        .env("AZURE_DEVOPS_CACHE_DIR", work.path().join("cache"))
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("HTTPS_PROXY", "http://127.0.0.1:9")
+        .env("NO_PROXY", "127.0.0.1,127.0.0.2,localhost")
+        .output()
+        .await
+        .expect("run python3");
+    assert!(
+        output.status.success(),
+        "sdk: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "deploy-web");
+    let seen = h.azure.seen();
+    assert!(
+        seen.iter().any(|r| r.host == "vsrm.dev.azure.com"
+            && r.target
+                .starts_with("/fabrikam/web/_apis/Release/definitions")),
+        "the SDK reached the Release area on its own host, through the proxy: {seen:?}"
+    );
     h.assert_only_tokens_reached_azure();
 }
