@@ -94,10 +94,13 @@ impl App {
                 address: config.listen.address,
                 source,
             })?;
-        let snapshot = Snapshot::build(&config, bound, &metrics, |identity| {
-            caches.iter().find(|c| c.identity() == identity).cloned()
-        })
-        .map_err(StartError::Credential)?;
+        let token_of = |identity: &str| caches.iter().find(|c| c.identity() == identity).cloned();
+        let snapshot =
+            Snapshot::build(&config, bound, &metrics, token_of).map_err(StartError::Credential)?;
+        refreshers.extend(
+            crate::feeds::spawn_resolvers(&config, &tls, token_of)
+                .map_err(StartError::Credential)?,
+        );
         let warning = config.inbound.open_beyond_loopback.then(|| {
             format!(
                 "open mode on non-loopback address {}: anyone who reaches it acts as the service principal",

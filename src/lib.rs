@@ -17,7 +17,8 @@
 //! - [`app`]: the composition root; [`server`]: listeners, workers, drain, admin endpoints;
 //!   [`check`]: the `check` command.
 //! - [`proxy`]: the request stages, in the order above.
-//! - [`token`]: token caches, their refreshers and one source per credential kind.
+//! - [`token`]: token caches, their refreshers and one source per credential kind; [`feeds`]:
+//!   the GUIDs of the feeds rules name, learned with a token.
 //! - [`config`], [`policy`], [`telemetry`], [`error`], [`secret`], [`keys`], [`tls`]: the
 //!   vocabulary everything else is written in.
 
@@ -25,6 +26,7 @@ pub mod app;
 pub mod check;
 pub mod config;
 pub mod error;
+pub mod feeds;
 pub mod keys;
 pub mod policy;
 pub mod proxy;

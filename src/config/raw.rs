@@ -54,7 +54,10 @@ pub(super) struct RawRule {
     /// Unset: the default upstream (`upstream.url`).
     pub(super) host: Option<String>,
     pub(super) methods: Vec<String>,
-    pub(super) path: String,
+    /// A path pattern, or else `feed`.
+    pub(super) path: Option<String>,
+    /// `org/feed` or `org/project/feed`: the feed by name and by its GUIDs.
+    pub(super) feed: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -141,6 +141,22 @@ fn ends_with_ignoring_case(host: &str, suffix: &str) -> bool {
         && host.as_bytes()[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
 }
 
+/// The host a request is for: its name, and whether it is the default upstream's (which rules
+/// without a `host` are for).
+#[derive(Clone, Copy, Debug)]
+pub struct RequestHost<'a> {
+    pub name: &'a str,
+    pub is_default: bool,
+}
+
+impl RequestHost<'_> {
+    /// The default upstream, whatever its name.
+    pub const DEFAULT: RequestHost<'static> = RequestHost {
+        name: "",
+        is_default: true,
+    };
+}
+
 /// The hosts the proxy serves besides its default upstream.
 #[derive(Debug, Clone, Default)]
 pub struct Hosts {

@@ -2,16 +2,18 @@
 //! allowlist rules ([`rules`]) and git's push preflight ([`git`]). Pure functions of the request and the configuration; imports nothing
 //! else of the crate.
 
+pub mod feed;
 mod git;
 pub mod host;
 pub mod path;
 pub mod pattern;
 pub mod rules;
 
-pub use host::{HostPattern, Hosts};
+pub use feed::{Feed, FeedIds};
+pub use host::{HostPattern, Hosts, RequestHost};
 pub use path::{MAX_SEGMENTS, PathError, Segments};
 pub use pattern::{Pattern, PatternError};
-pub use rules::{Allowlist, Methods, RequestHost, Rule};
+pub use rules::{Allowlist, Methods, Rule};
 
 #[cfg(test)]
 mod tests {

@@ -5,8 +5,9 @@ use std::fmt;
 
 use http::Method;
 
+use super::feed::Feed;
 use super::git;
-use super::host::HostPattern;
+use super::host::{HostPattern, RequestHost};
 use super::path::{Segments, compare_lowercase};
 use super::pattern::{Part, Pattern, PatternError};
 
@@ -93,6 +94,9 @@ pub struct Rule {
     pattern: Pattern,
     /// `None`: the default upstream.
     host: Option<HostPattern>,
+    /// A feed rule: judged by the feed, not by `pattern` (which only files it under its
+    /// organization in the index) or `host`.
+    feed: Option<Feed>,
     text: Box<str>,
 }
 
@@ -103,8 +107,24 @@ impl Rule {
             methods: Methods::compile(methods)?,
             pattern: Pattern::compile(path)?,
             host: None,
+            feed: None,
             text: format!("{} {path}", methods.join(",")).into(),
         })
+    }
+
+    /// A rule for one Azure Artifacts feed (see [`Feed`]).
+    pub fn for_feed(methods: &[String], feed: Feed) -> Result<Rule, PatternError> {
+        Ok(Rule {
+            methods: Methods::compile(methods)?,
+            pattern: Pattern::compile(&format!("/{}/**", feed.org()))?,
+            host: None,
+            text: format!("{} feed {feed}", methods.join(",")).into(),
+            feed: Some(feed),
+        })
+    }
+
+    pub fn feed(&self) -> Option<&Feed> {
+        self.feed.as_ref()
     }
 
     /// The same rule for the hosts `host` matches instead of the default upstream.
@@ -128,22 +148,6 @@ impl Rule {
             Some(pattern) => pattern.matches(host.name),
         }
     }
-}
-
-/// The host a request is for: its name, and whether it is the default upstream's (which rules
-/// without a `host` are for).
-#[derive(Clone, Copy, Debug)]
-pub struct RequestHost<'a> {
-    pub name: &'a str,
-    pub is_default: bool,
-}
-
-impl RequestHost<'_> {
-    /// The default upstream, whatever its name.
-    pub const DEFAULT: RequestHost<'static> = RequestHost {
-        name: "",
-        is_default: true,
-    };
 }
 
 /// `METHODS [host]path`, as configured.
@@ -212,9 +216,11 @@ impl Allowlist {
         let method = RequestMethod::new(method);
         let admits = |index: &usize| {
             let rule = &self.rules[*index];
-            rule.admits_host(&host)
-                && rule.methods.admits(&method)
-                && rule.pattern.matches(segments)
+            rule.methods.admits(&method)
+                && match &rule.feed {
+                    Some(feed) => feed.admits(&host, segments),
+                    None => rule.admits_host(&host) && rule.pattern.matches(segments),
+                }
         };
         let anchored: &[usize] = match segments.as_slice().first() {
             // Escaped first segments are rare: compare them the slow way, against every rule.

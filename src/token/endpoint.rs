@@ -133,7 +133,7 @@ fn retry_after(response: &reqwest::Response) -> Option<Duration> {
 }
 
 /// What failed, and why, without the URL (reqwest's own message starts with it).
-pub(super) fn describe_reqwest_error(error: &reqwest::Error) -> String {
+pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
     use std::error::Error as _;
     let kind = if error.is_timeout() {
         "timed out"

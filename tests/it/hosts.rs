@@ -20,6 +20,22 @@ struct Hosts {
 /// The proxy in keys mode in front of the fake under Azure DevOps' names, with one client whose
 /// rules name the default upstream, pkgs.dev.azure.com and the legacy hosts.
 async fn hosts_stack(listen_toml: &str) -> Hosts {
+    hosts_stack_with(listen_toml, RULES).await
+}
+
+/// The rules of the client of [`hosts_stack`].
+const RULES: &str = r#"
+              { methods = ["GET"], path = "/contoso/_apis/**" },
+              { methods = ["GET"], path = "/contoso/_redirect/**" },
+              { host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/_packaging/**" },
+              { host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/*/_packaging/**" },
+              { host = "pkgs.dev.azure.com", methods = ["POST"], path = "/contoso/_packaging/*/pypi/upload" },
+              { host = "*.visualstudio.com", methods = ["GET"], path = "/**" },
+              { methods = ["GET", "OPTIONS"], path = "/fabrikam/**" },
+              { host = "vsrm.dev.azure.com", methods = ["GET", "OPTIONS"], path = "/fabrikam/**" },
+"#;
+
+async fn hosts_stack_with(listen_toml: &str, rules: &str) -> Hosts {
     let blob = FakeBlob::start().await;
     let azure = FakeAzure::start(blob.url()).await;
     let key = ado_auth_proxy::keys::generate().expect("random");
@@ -39,18 +55,10 @@ async fn hosts_stack(listen_toml: &str) -> Hosts {
             [[clients]]
             name = "feeds"
             key_sha256 = "{}"
-            allow = [
-              {{ methods = ["GET"], path = "/contoso/_apis/**" }},
-              {{ methods = ["GET"], path = "/contoso/_redirect/**" }},
-              {{ host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/_packaging/**" }},
-              {{ host = "pkgs.dev.azure.com", methods = ["GET"], path = "/contoso/*/_packaging/**" }},
-              {{ host = "pkgs.dev.azure.com", methods = ["POST"], path = "/contoso/_packaging/*/pypi/upload" }},
-              {{ host = "*.visualstudio.com", methods = ["GET"], path = "/**" }},
-              {{ methods = ["GET", "OPTIONS"], path = "/fabrikam/**" }},
-              {{ host = "vsrm.dev.azure.com", methods = ["GET", "OPTIONS"], path = "/fabrikam/**" }},
-            ]
+            allow = [{}]
             "#,
-            Keys::hash(&key)
+            Keys::hash(&key),
+            rules
         ),
         ..Options::default()
     })
@@ -74,7 +82,25 @@ impl Hosts {
 
     /// What every host of the fake received: the token, valid, and never the client key.
     fn assert_only_tokens_reached_azure(&self) {
+        self.assert_tokens(self.azure.seen());
+    }
+
+    /// The same, for the requests after the fake first accepted a token (the proxy may ask
+    /// before the test has told the fake which key to trust).
+    fn assert_only_tokens_reached_azure_once_trusted(&self) {
         let seen = self.azure.seen();
+        let first = seen
+            .iter()
+            .position(|r| r.token_valid)
+            .unwrap_or(seen.len());
+        for early in &seen[..first] {
+            let authorization = early.authorization.as_deref().unwrap_or_default();
+            assert!(!authorization.contains(&self.key), "{early:?}");
+        }
+        self.assert_tokens(seen[first..].to_vec());
+    }
+
+    fn assert_tokens(&self, seen: Vec<crate::support::azure::Seen>) {
         assert!(!seen.is_empty());
         for request in &seen {
             assert!(request.token_valid, "{request:?}");
@@ -734,4 +760,58 @@ print("|".join(d.name for d in definitions))
         "the SDK reached the Release area on its own host, through the proxy: {seen:?}"
     );
     h.assert_only_tokens_reached_azure();
+}
+
+/// A rule naming a feed admits its calls by name, and by its GUIDs once the proxy has asked the
+/// Feed Management API for them (with the token), and no other feed's.
+#[tokio::test]
+async fn a_feed_rule_admits_the_feed_by_name_and_by_guid_and_no_other_feed() {
+    let h = hosts_stack_with("", r#"{ feed = "contoso/internal", methods = ["GET"] }"#).await;
+    let feed = crate::support::azure::FEED_ID;
+    h.azure.serve(
+        "feeds.dev.azure.com",
+        "/contoso/_apis/packaging/feeds/internal",
+        "application/json",
+        serde_json::json!({ "id": feed, "name": "internal", "project": null }).to_string(),
+    );
+    let by_name = h
+        .get(
+            "/_host/pkgs.dev.azure.com/contoso/_packaging/internal/pypi/simple/demo/",
+            &[],
+        )
+        .await;
+    assert_eq!(by_name.status, StatusCode::OK, "{}", by_name.text());
+    // Once the GUID is known (the lookup retries until the fake trusts the token).
+    let by_guid = format!(
+        "/_host/pkgs.dev.azure.com/contoso/_packaging/{feed}/pypi/download/demo/1.0/demo-1.0-py3-none-any.whl"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reply = h.get(&by_guid, &[]).await;
+        if reply.status == StatusCode::FOUND {
+            break;
+        }
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the feed's GUID was never learned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    for other in [
+        "/_host/pkgs.dev.azure.com/contoso/_packaging/other/pypi/simple/demo/".to_string(),
+        "/_host/pkgs.dev.azure.com/contoso/_packaging/11111111-2222-3333-4444-555555555555/pypi/simple/".to_string(),
+        "/_host/pkgs.dev.azure.com/fabrikam/_packaging/internal/pypi/simple/".to_string(),
+        "/contoso/_packaging/internal/pypi/simple/".to_string(),
+    ] {
+        assert_eq!(h.get(&other, &[]).await.status, StatusCode::FORBIDDEN, "{other}");
+    }
+    assert!(
+        h.azure
+            .seen()
+            .iter()
+            .any(|r| r.host == "feeds.dev.azure.com" && r.token_valid),
+        "the lookup went to the Feed Management API with the identity's token"
+    );
+    h.assert_only_tokens_reached_azure_once_trusted();
 }

@@ -30,8 +30,9 @@ use super::{Body, Server, fixtures, full, json_response, jwt};
 pub const FEED_ID: &str = "0f1e2d3c-4b5a-4697-8899-aabbccddeeff";
 
 /// The host names the fake answers for, as `upstream.resolve` must map them.
-pub const HOSTS: [&str; 5] = [
+pub const HOSTS: [&str; 6] = [
     "dev.azure.com",
+    "feeds.dev.azure.com",
     "pkgs.dev.azure.com",
     "vssps.dev.azure.com",
     "vsrm.dev.azure.com",

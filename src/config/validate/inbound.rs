@@ -4,17 +4,32 @@ use super::Validator;
 use crate::config::raw::{RawClient, RawInbound, RawMode, RawRule};
 use crate::config::{ClientConfig, ConfigError, DEFAULT_IDENTITY, Identity, Inbound, InboundMode};
 use crate::keys;
-use crate::policy::{Allowlist, HostPattern, PatternError, Rule};
+use crate::policy::{Allowlist, Feed, HostPattern, PatternError, Rule};
 
 impl Validator<'_> {
     fn rules(&self, key: &str, raw: Vec<RawRule>) -> Result<Allowlist, ConfigError> {
         let mut rules = Vec::with_capacity(raw.len());
         for (index, rule) in raw.into_iter().enumerate() {
             let error = |e: PatternError| self.error(&format!("{key}[{index}]"), e.to_string());
-            let mut compiled = Rule::compile(&rule.methods, &rule.path).map_err(error)?;
-            if let Some(host) = &rule.host {
-                compiled = compiled.on_host(HostPattern::compile(host).map_err(error)?);
-            }
+            let compiled = match (&rule.path, &rule.feed, &rule.host) {
+                (Some(path), None, host) => {
+                    let compiled = Rule::compile(&rule.methods, path).map_err(error)?;
+                    match host {
+                        Some(host) => compiled.on_host(HostPattern::compile(host).map_err(error)?),
+                        None => compiled,
+                    }
+                }
+                (None, Some(feed), None) => {
+                    Rule::for_feed(&rule.methods, Feed::parse(feed).map_err(error)?)
+                        .map_err(error)?
+                }
+                _ => {
+                    return Err(self.error(
+                        &format!("{key}[{index}]"),
+                        "a rule names either a `path` (and maybe a `host`) or a `feed`",
+                    ));
+                }
+            };
             rules.push(compiled);
         }
         Ok(Allowlist::new(rules))
