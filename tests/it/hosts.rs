@@ -815,3 +815,36 @@ async fn a_feed_rule_admits_the_feed_by_name_and_by_guid_and_no_other_feed() {
     );
     h.assert_only_tokens_reached_azure_once_trusted();
 }
+
+/// A token Azure DevOps refuses on a sibling host is handled as on the default one: renewed, the
+/// request replayed once, and neither the 401 nor its `WWW-Authenticate` reaches the client.
+#[tokio::test]
+async fn a_token_refused_on_a_sibling_host_is_renewed_and_the_request_replayed() {
+    let h = hosts_stack("").await;
+    let path = "/_host/pkgs.dev.azure.com/contoso/_packaging/internal/pypi/simple/x/";
+    assert_eq!(h.get(path, &[]).await.status, StatusCode::OK);
+    let issued = h.stack.entra.tokens_issued();
+    h.azure.revoke_seen_tokens();
+    let reply = h.get(path, &[]).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("www-authenticate"), None);
+    assert!(
+        h.stack.entra.tokens_issued() > issued,
+        "a new token was fetched"
+    );
+    let on_pkgs: Vec<_> = h
+        .azure
+        .seen()
+        .into_iter()
+        .filter(|r| r.host == "pkgs.dev.azure.com")
+        .collect();
+    let last_two = &on_pkgs[on_pkgs.len() - 2..];
+    assert!(
+        !last_two[0].token_valid && last_two[1].token_valid,
+        "{last_two:?}"
+    );
+    assert_ne!(
+        last_two[0].authorization, last_two[1].authorization,
+        "replayed with the new token"
+    );
+}

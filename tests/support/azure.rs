@@ -62,6 +62,8 @@ pub struct FakeAzure {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     canned: Arc<Mutex<Vec<Canned>>>,
+    /// `Authorization` values refused although correctly signed.
+    revoked: Arc<Mutex<Vec<String>>>,
     /// The fake Entra ID's signing key, once it is known.
     key: Arc<OnceLock<Vec<u8>>>,
     task: JoinHandle<()>,
@@ -78,7 +80,8 @@ impl FakeAzure {
         let recorder = seen.clone();
         let key: Arc<OnceLock<Vec<u8>>> = Arc::default();
         let canned: Arc<Mutex<Vec<Canned>>> = Arc::default();
-        let state = Arc::new((key.clone(), blob, canned.clone()));
+        let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let state = Arc::new((key.clone(), blob, canned.clone(), revoked.clone()));
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, recorder, state) =
@@ -91,7 +94,15 @@ impl FakeAzure {
                         let (recorder, state) = (recorder.clone(), state.clone());
                         async move {
                             Ok::<_, std::convert::Infallible>(
-                                answer(&recorder, state.0.get(), &state.1, &state.2, request).await,
+                                answer(
+                                    &recorder,
+                                    state.0.get(),
+                                    &state.1,
+                                    &state.2,
+                                    &state.3,
+                                    request,
+                                )
+                                .await,
                             )
                         }
                     });
@@ -105,6 +116,7 @@ impl FakeAzure {
             addr,
             seen,
             canned,
+            revoked,
             key,
             task,
         }
@@ -123,6 +135,14 @@ impl FakeAzure {
             content_type.to_owned(),
             body.into(),
         ));
+    }
+
+    /// Refuses from now on every token that has reached the fake so far, as Azure DevOps refuses
+    /// a revoked one before its expiry.
+    pub fn revoke_seen_tokens(&self) {
+        let seen = self.seen.lock().expect("seen lock");
+        let mut revoked = self.revoked.lock().expect("revoked lock");
+        revoked.extend(seen.iter().filter_map(|r| r.authorization.clone()));
     }
 
     /// Accepts tokens signed with the fake Entra ID's key.
@@ -180,6 +200,7 @@ async fn answer(
     signing_key: Option<&Vec<u8>>,
     blob: &str,
     canned: &Mutex<Vec<Canned>>,
+    revoked: &Mutex<Vec<String>>,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (request, body) = request.into_parts();
@@ -208,7 +229,10 @@ async fn answer(
     let token_valid = authorization
         .as_deref()
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| signing_key.is_some_and(|key| jwt::verify(token, key).is_ok()));
+        .is_some_and(|token| signing_key.is_some_and(|key| jwt::verify(token, key).is_ok()))
+        && !authorization
+            .as_ref()
+            .is_some_and(|value| revoked.lock().expect("revoked lock").contains(value));
     let target = request
         .uri
         .path_and_query()
