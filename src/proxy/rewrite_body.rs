@@ -182,12 +182,16 @@ fn holds_urls(content_type: &[u8]) -> bool {
 }
 
 /// The upstream body, decoded if need be, rewritten, and encoded again.
-pub fn rewritten(
-    body: Incoming,
+pub fn rewritten<B>(
+    body: B,
     encoding: Encoding,
     snapshot: Arc<Snapshot>,
     map: Arc<UrlMap>,
-) -> RewrittenBody {
+) -> RewrittenBody
+where
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let data: RewrittenBody = Box::pin(BodyDataStream::new(body).map_err(io::Error::other));
     let rewrite = |decoded: RewrittenBody| RewriteStream {
         inner: decoded,
@@ -286,5 +290,69 @@ mod tests {
         ] {
             assert!(!holds_urls(t.as_bytes()), "{t}");
         }
+    }
+
+    async fn through(encoding: Encoding, encoded: Vec<u8>) -> Vec<u8> {
+        use futures_util::StreamExt as _;
+        let config = crate::config::Config::from_toml(
+            "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
+             credential = { kind = \"client_secret\", secret = \"s\" }\n\
+             [[clients]]\nname = \"c\"\nkey_sha256 = \"00000000000000000000000000000000000000000000000000000000000000aa\"\n",
+        )
+        .expect("config");
+        let metrics = crate::telemetry::metrics::Metrics::new();
+        let token = Arc::new(crate::token::TokenCache::new("default".to_string(), true));
+        let snapshot = Snapshot::build(
+            &config,
+            "127.0.0.1:8080".parse().expect("addr"),
+            &metrics,
+            |_| Some(token.clone()),
+        )
+        .expect("snapshot");
+        let body = http_body_util::Full::new(Bytes::from(encoded));
+        let mut stream = rewritten(
+            body,
+            encoding,
+            Arc::new(snapshot),
+            Arc::new(UrlMap::new("http://127.0.0.1:8080")),
+        );
+        let mut out = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk.expect("chunk"));
+        }
+        out
+    }
+
+    /// Every encoding: decoded, rewritten, and encoded again the same way.
+    #[tokio::test]
+    async fn encoded_bodies_are_rewritten_and_encoded_again() {
+        use async_compression::tokio::bufread::{BrotliDecoder, GzipDecoder, ZlibDecoder};
+        use async_compression::tokio::write::{BrotliEncoder, GzipEncoder, ZlibEncoder};
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let json = r#"{"a":"https://pkgs.dev.azure.com/contoso/x","b":"https://evil.example/y"}"#
+            .repeat(2000);
+        let expected = json.replace(
+            "https://pkgs.dev.azure.com/",
+            "http://127.0.0.1:8080/_host/pkgs.dev.azure.com/",
+        );
+        macro_rules! round_trip {
+            ($encoding:expr, $encoder:ident, $decoder:ident) => {{
+                let mut encoder = $encoder::new(Vec::new());
+                encoder.write_all(json.as_bytes()).await.expect("encode");
+                encoder.shutdown().await.expect("finish");
+                let out = through($encoding, encoder.into_inner()).await;
+                let mut decoded = String::new();
+                $decoder::new(&out[..])
+                    .read_to_string(&mut decoded)
+                    .await
+                    .expect("still encoded the same way");
+                assert!(decoded == expected, "{:?}", $encoding);
+            }};
+        }
+        round_trip!(Encoding::Gzip, GzipEncoder, GzipDecoder);
+        round_trip!(Encoding::Deflate, ZlibEncoder, ZlibDecoder);
+        round_trip!(Encoding::Brotli, BrotliEncoder, BrotliDecoder);
+        let plain = through(Encoding::Identity, json.clone().into_bytes()).await;
+        assert!(plain == expected.as_bytes());
     }
 }

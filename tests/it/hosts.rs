@@ -311,7 +311,7 @@ async fn python_writes(script: &str, path: &std::path::Path) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn pip_downloads_from_a_feed_through_guid_links_and_a_storage_redirect() {
+async fn pip_installs_from_a_feed_through_guid_links_and_a_storage_redirect() {
     let h = hosts_stack("").await;
     let work = tempfile::tempdir().expect("temp dir");
     let wheel = demo_wheel(work.path()).await;
@@ -320,18 +320,23 @@ async fn pip_downloads_from_a_feed_through_guid_links_and_a_storage_redirect() {
         "http://tool:{}@{}/_host/pkgs.dev.azure.com/contoso/_packaging/internal/pypi/simple/",
         h.key, h.stack.proxy
     );
-    let downloads = work.path().join("downloads");
+    let target = work.path().join("site-packages");
     let output = tokio::process::Command::new("python3")
         .args([
             "-m",
             "pip",
-            "download",
+            "install",
             "--isolated",
             "--no-deps",
             "--no-cache-dir",
         ])
-        .args(["--disable-pip-version-check", "--index-url", &index, "-d"])
-        .arg(&downloads)
+        .args([
+            "--disable-pip-version-check",
+            "--index-url",
+            &index,
+            "--target",
+        ])
+        .arg(&target)
         .arg("demo==1.0")
         .env("PIP_CONFIG_FILE", "/dev/null")
         // Anything not on loopback would go to a dead proxy, never to a public index.
@@ -347,8 +352,11 @@ async fn pip_downloads_from_a_feed_through_guid_links_and_a_storage_redirect() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    let fetched = std::fs::read(downloads.join("demo-1.0-py3-none-any.whl")).expect("downloaded");
-    assert!(fetched == wheel, "the wheel arrived whole");
+    let installed = std::fs::read_to_string(target.join("demo/__init__.py")).expect("installed");
+    assert_eq!(
+        installed, "VERSION = '1.0'\n",
+        "the wheel arrived whole and was installed"
+    );
     let seen = h.azure.seen();
     assert!(
         seen.iter().any(|r| r.host == "pkgs.dev.azure.com"
