@@ -123,19 +123,23 @@ async fn raw_upstream(response: &'static [u8]) -> String {
     format!("http://{addr}")
 }
 
+/// The proxy's answer to a GET when Azure DevOps answers `response`, byte for byte.
+async fn through_raw_upstream(response: &'static [u8]) -> support::Reply {
+    let stack = Stack::start_with(Options {
+        upstream_url: Some(raw_upstream(response).await),
+        ..Options::default()
+    })
+    .await;
+    support::get(&stack.url("/contoso/_apis/x"), &[]).await
+}
+
 #[tokio::test]
 async fn a_length_beside_chunked_framing_is_dropped_not_passed_on() {
-    let upstream = raw_upstream(
+    let reply = through_raw_upstream(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\
           Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     )
     .await;
-    let stack = Stack::start_with(Options {
-        upstream_url: Some(upstream),
-        ..Options::default()
-    })
-    .await;
-    let reply = support::get(&stack.url("/contoso/_apis/x"), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.text(), "hello");
     assert_eq!(reply.header("content-length"), None);
@@ -309,7 +313,7 @@ async fn steering_headers_stay_behind_and_credentials_never_come_back() {
     assert_eq!(received["x-tfs-session"], serde_json::json!(["kept"]));
 
     // Azure DevOps' own challenge and cookies never reach the client, on any status.
-    let upstream = raw_upstream(
+    let reply = through_raw_upstream(
         b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
           WWW-Authenticate: Bearer authorization_uri=https://login.windows.net/t\r\n\
           WWW-Authenticate: Basic realm=\"https://dev.azure.com/\"\r\n\
@@ -317,12 +321,6 @@ async fn steering_headers_stay_behind_and_credentials_never_come_back() {
           X-Kept: yes\r\nConnection: close\r\n\r\nok",
     )
     .await;
-    let stack = Stack::start_with(Options {
-        upstream_url: Some(upstream),
-        ..Options::default()
-    })
-    .await;
-    let reply = support::get(&stack.url("/contoso/_apis/x"), &[]).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("x-kept"), Some("yes"));
     for gone in ["www-authenticate", "set-cookie", "set-cookie2"] {
