@@ -12,15 +12,15 @@ use tokio::task::JoinHandle;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError, Credential};
+use crate::config::{Config, ConfigError};
 use crate::proxy::exchange::RequestIds;
 use crate::proxy::snapshot::{SharedSnapshot, Snapshot};
 use crate::server::admin::Admin;
 use crate::server::worker::Worker;
 use crate::server::{self, ServeOptions};
 use crate::telemetry::metrics::Metrics;
-use crate::token::{TokenCache, TokenSource};
-use crate::{tls, token};
+use crate::tls;
+use crate::token::Identities;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,7 +49,9 @@ pub struct App {
     snapshot: SharedSnapshot,
     metrics: Arc<Metrics>,
     admin: Arc<Admin>,
-    _refreshers: Refreshers,
+    identities: Identities,
+    /// The feed rules' GUID lookups, started again with every configuration.
+    feeds: Feeds,
 }
 
 impl App {
@@ -71,22 +73,8 @@ impl App {
         let tls = tls::client_config(config.upstream.ca_file.as_deref())?;
         let metrics = Arc::new(Metrics::new());
 
-        let mut caches = Vec::with_capacity(config.identities.len());
-        let mut refreshers = Vec::with_capacity(config.identities.len());
-        for identity in &config.identities {
-            // Managed identity endpoints return their cached token, so asking again after Azure
-            // DevOps refused it cannot help.
-            let renewable = !matches!(identity.credential, Credential::Managed(_));
-            metrics.register_identity(&identity.name, &token::REFRESH_RESULTS);
-            let cache = Arc::new(TokenCache::new(identity.name.clone(), renewable));
-            let source = TokenSource::new(identity, &tls).map_err(StartError::Credential)?;
-            refreshers.push(tokio::spawn(token::run_refresher(
-                source,
-                cache.clone(),
-                metrics.clone(),
-            )));
-            caches.push(cache);
-        }
+        let identities = Identities::start(&config.identities, &tls, &metrics)
+            .map_err(StartError::Credential)?;
         let bound = proxy_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -94,20 +82,21 @@ impl App {
                 address: config.listen.address,
                 source,
             })?;
-        let token_of = |identity: &str| caches.iter().find(|c| c.identity() == identity).cloned();
+        let token_of = |identity: &str| identities.cache(identity);
         let snapshot =
             Snapshot::build(&config, bound, &metrics, token_of).map_err(StartError::Credential)?;
-        refreshers.extend(
+        let feeds = Feeds(
             crate::feeds::spawn_resolvers(&config, &tls, token_of)
                 .map_err(StartError::Credential)?,
         );
+        metrics.set_config(&fingerprint(&config));
         let warning = config.inbound.open_beyond_loopback.then(|| {
             format!(
                 "open mode on non-loopback address {}: anyone who reaches it acts as the service principal",
                 config.listen.address
             )
         });
-        let admin = Arc::new(Admin::new(metrics.clone(), caches, warning));
+        let admin = Arc::new(Admin::new(metrics.clone(), identities.caches(), warning));
         Ok(App {
             config,
             proxy_listener,
@@ -116,7 +105,8 @@ impl App {
             snapshot: Arc::new(ArcSwap::from_pointee(snapshot)),
             metrics,
             admin,
-            _refreshers: Refreshers(refreshers),
+            identities,
+            feeds,
         })
     }
 
@@ -139,6 +129,17 @@ impl App {
     /// uses then live on one thread, with no cross-thread wake-ups per request (the way nginx
     /// and Pingora scale). Token refreshers and the admin listener stay on the caller's runtime.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), StartError> {
+        let (_none, reloads) = tokio::sync::mpsc::unbounded_channel();
+        self.run_with_reloads(shutdown, reloads).await
+    }
+
+    /// [`App::run`], applying each configuration `reloads` delivers (`SIGHUP` in the binary).
+    pub async fn run_with_reloads(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+        mut reloads: tokio::sync::mpsc::UnboundedReceiver<Result<Config, ConfigError>>,
+    ) -> Result<(), StartError> {
+        let bound = self.proxy_addr();
         let (stop_tx, stop_rx) = watch::channel(false);
         let listen = &self.config.listen;
         let request_ids = Arc::new(RequestIds::new());
@@ -191,7 +192,27 @@ impl App {
             self.admin.clone().into_handler(),
             stop_rx,
         ));
-        shutdown.await;
+        let mut running = Running {
+            config: self.config,
+            bound,
+            tls: self.tls,
+            snapshot: self.snapshot,
+            metrics: self.metrics,
+            admin: self.admin,
+            identities: self.identities,
+            feeds: self.feeds,
+        };
+        tokio::pin!(shutdown);
+        let mut reloading = true;
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                loaded = reloads.recv(), if reloading => match loaded {
+                    Some(loaded) => running.reload(loaded),
+                    None => reloading = false,
+                },
+            }
+        }
         tracing::info!("shutting down: no new connections; draining open requests");
         let _ = stop_tx.send(true);
         // The acceptor's end closes the workers' channels, which starts their drain.
@@ -204,13 +225,139 @@ impl App {
     }
 }
 
-/// Token refresher tasks, stopped when the app is dropped or finishes running.
-struct Refreshers(Vec<JoinHandle<()>>);
+/// The feed lookups of the configuration in force, stopped with it.
+struct Feeds(Vec<JoinHandle<()>>);
 
-impl Drop for Refreshers {
+impl Drop for Feeds {
     fn drop(&mut self) {
-        for refresher in &self.0 {
-            refresher.abort();
+        for lookup in &self.0 {
+            lookup.abort();
         }
     }
+}
+
+/// A hash of the configuration in force, secrets left out (they print as placeholders).
+fn fingerprint(config: &Config) -> String {
+    let hex = crate::keys::to_hex(&crate::keys::sha256(format!("{config:?}").as_bytes()));
+    hex[..16].to_string()
+}
+
+/// What a reload changes, held while the app serves.
+struct Running {
+    config: Config,
+    bound: SocketAddr,
+    tls: rustls::ClientConfig,
+    snapshot: SharedSnapshot,
+    metrics: Arc<Metrics>,
+    admin: Arc<Admin>,
+    identities: Identities,
+    feeds: Feeds,
+}
+
+impl Running {
+    /// Validated in full before anything changes; on any error the running configuration stays
+    /// in force. Requests in flight keep the snapshot they started with.
+    fn reload(&mut self, loaded: Result<Config, ConfigError>) {
+        match self.apply(loaded) {
+            Ok(()) => {
+                self.metrics.count_reload(true);
+                tracing::info!("configuration reloaded");
+            }
+            Err(error) => {
+                self.metrics.count_reload(false);
+                tracing::error!(%error, "configuration not reloaded; the running one stays in force");
+            }
+        }
+    }
+
+    fn apply(&mut self, loaded: Result<Config, ConfigError>) -> Result<(), String> {
+        let config = loaded.map_err(|e| e.to_string())?;
+        let fixed = restart_only_changes(&self.config, &config);
+        if !fixed.is_empty() {
+            tracing::warn!(
+                keys = %fixed.join(", "),
+                "these settings change only with a restart; they keep their running values"
+            );
+        }
+        self.identities
+            .reconcile(&config.identities, &self.tls, &self.metrics)?;
+        let token_of = |identity: &str| self.identities.cache(identity);
+        let built =
+            Snapshot::build(&config, self.bound, &self.metrics, token_of).and_then(|snapshot| {
+                Ok((
+                    snapshot,
+                    crate::feeds::spawn_resolvers(&config, &self.tls, token_of)?,
+                ))
+            });
+        let (snapshot, feeds) = match built {
+            Ok(built) => built,
+            Err(error) => {
+                // Back to the identities of the configuration that stays in force.
+                self.identities
+                    .reconcile(&self.config.identities, &self.tls, &self.metrics)?;
+                return Err(error);
+            }
+        };
+        self.snapshot.store(Arc::new(snapshot));
+        self.feeds = Feeds(feeds);
+        self.admin.set_tokens(self.identities.caches());
+        self.metrics.set_config(&fingerprint(&config));
+        self.config = config;
+        Ok(())
+    }
+}
+
+/// Settings the workers and listeners took at start.
+fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.listen, &loaded.listen);
+    let (u, v) = (&running.upstream, &loaded.upstream);
+    [
+        ("listen.address", a.address != b.address),
+        ("listen.workers", a.workers != b.workers),
+        (
+            "listen.max_connections",
+            a.max_connections != b.max_connections,
+        ),
+        (
+            "listen.max_connections_per_address",
+            a.max_connections_per_address != b.max_connections_per_address,
+        ),
+        (
+            "listen.header_read_timeout",
+            a.header_read_timeout != b.header_read_timeout,
+        ),
+        (
+            "listen.max_header_bytes",
+            a.max_header_bytes != b.max_header_bytes,
+        ),
+        (
+            "admin.address",
+            running.admin.address != loaded.admin.address,
+        ),
+        (
+            "upstream.url",
+            u.scheme != v.scheme || u.authority != v.authority,
+        ),
+        ("upstream.ca_file", u.ca_file != v.ca_file),
+        (
+            "upstream.connect_timeout",
+            u.connect_timeout != v.connect_timeout,
+        ),
+        (
+            "upstream.response_timeout",
+            u.response_timeout != v.response_timeout,
+        ),
+        (
+            "upstream.pool_idle_timeout",
+            u.pool_idle_timeout != v.pool_idle_timeout,
+        ),
+        (
+            "upstream.max_replay_body_bytes",
+            u.max_replay_body_bytes != v.max_replay_body_bytes,
+        ),
+        ("upstream.resolve", u.resolve != v.resolve),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run(config).await,
+            Command::Run => run(config, cli.config.clone()).await,
             Command::Check { organization } => {
                 let (report, passed) =
                     ado_auth_proxy::check::check(&config, organization.as_deref()).await;
@@ -147,7 +147,29 @@ fn new_key(name: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(config: Config) -> ExitCode {
+/// Each `SIGHUP` loads the configuration again from where it came from; the running app
+/// validates it in full and swaps it in, or keeps the one in force.
+fn reloads(
+    file: Option<std::path::PathBuf>,
+) -> tokio::sync::mpsc::UnboundedReceiver<Result<Config, ado_auth_proxy::config::ConfigError>> {
+    let (loaded, reloads) = tokio::sync::mpsc::unbounded_channel();
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        let kind = tokio::signal::unix::SignalKind::hangup();
+        let Ok(mut hangups) = tokio::signal::unix::signal(kind) else {
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: loading the configuration again");
+            if loaded.send(Config::load(file.as_deref())).is_err() {
+                return;
+            }
+        }
+    });
+    reloads
+}
+
+async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
     if config.inbound.open_beyond_loopback {
         tracing::warn!(
             address = %config.listen.address,
@@ -167,7 +189,10 @@ async fn run(config: Config) -> ExitCode {
         version = env!("CARGO_PKG_VERSION"),
         "ado-auth-proxy listening"
     );
-    if let Err(error) = app.run(shutdown_signal()).await {
+    if let Err(error) = app
+        .run_with_reloads(shutdown_signal(), reloads(config_file))
+        .await
+    {
         tracing::error!("{error}");
         return ExitCode::FAILURE;
     }

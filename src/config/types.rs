@@ -79,7 +79,7 @@ pub struct Upstream {
     pub resolve: Vec<(String, SocketAddr)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
     pub name: String,
     pub scope: String,
@@ -109,7 +109,7 @@ impl Identity {
 }
 
 /// How an identity gets its tokens.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Credential {
     /// An app registration that proves itself at Entra ID's token endpoint.
     App { app: EntraApp, proof: Proof },
@@ -137,7 +137,7 @@ impl Credential {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EntraApp {
     pub tenant_id: String,
     pub client_id: String,
@@ -152,7 +152,7 @@ impl EntraApp {
 }
 
 /// What an app registration shows Entra ID to prove it is itself.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Proof {
     Secret(SecretSource),
     Certificate(CertificateFiles),
@@ -161,7 +161,7 @@ pub enum Proof {
 
 /// Where a secret lives. A file is read at every token fetch so a rotated Kubernetes secret is used
 /// without a restart.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SecretSource {
     File(PathBuf),
     Value(Secret),
@@ -169,7 +169,7 @@ pub enum SecretSource {
 
 /// A certificate registered on the app registration and its private key; read at every token
 /// fetch, so a renewed certificate is used without a restart.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CertificateFiles {
     /// PEM certificate, optionally followed by its key; or a password-less PKCS#12 file.
     pub certificate_file: PathBuf,
@@ -188,7 +188,7 @@ pub enum AssertionAlgorithm {
 }
 
 /// Where a federated token (a JWT from a trusted issuer) comes from, fresh for every exchange.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum FederatedSource {
     /// A projected service-account token that the platform rotates (AKS workload identity).
     File(PathBuf),
@@ -200,7 +200,7 @@ pub enum FederatedSource {
     },
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ManagedIdentity {
     /// The full token URL of the platform's endpoint.
     pub endpoint: String,
@@ -209,7 +209,7 @@ pub struct ManagedIdentity {
     pub client_id: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ManagedProtocol {
     /// Azure Instance Metadata Service (VMs, AKS nodes): header `Metadata: true`.
     Imds,

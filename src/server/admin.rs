@@ -24,7 +24,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Admin {
     metrics: Arc<Metrics>,
-    tokens: Vec<Arc<TokenCache>>,
+    /// Swapped whole by a reload.
+    tokens: arc_swap::ArcSwap<Vec<Arc<TokenCache>>>,
     /// A standing configuration warning shown in `/readyz` (open mode beyond loopback).
     warning: Option<String>,
 }
@@ -37,9 +38,14 @@ impl Admin {
     ) -> Self {
         Self {
             metrics,
-            tokens,
+            tokens: arc_swap::ArcSwap::from_pointee(tokens),
             warning,
         }
+    }
+
+    /// The identities' token caches after a reload.
+    pub fn set_tokens(&self, tokens: Vec<Arc<TokenCache>>) {
+        self.tokens.store(Arc::new(tokens));
     }
 
     /// The admin endpoints behind the generic layers, outer to inner: credentials a scraper
@@ -94,7 +100,7 @@ impl Admin {
 
     /// Token expiry is a function of time, so it is computed when scraped rather than kept fresh.
     fn publish_token_state(&self) {
-        for token in &self.tokens {
+        for token in self.tokens.load().iter() {
             let status = token.status();
             self.metrics.set_token_state(
                 &status.identity,
@@ -105,7 +111,7 @@ impl Admin {
     }
 
     fn readiness(&self) -> Response<Full<Bytes>> {
-        let statuses: Vec<_> = self.tokens.iter().map(|t| t.status()).collect();
+        let statuses: Vec<_> = self.tokens.load().iter().map(|t| t.status()).collect();
         let ready = statuses.iter().all(|s| s.valid_for.is_some());
         let identities: Vec<_> = statuses
             .iter()

@@ -65,6 +65,9 @@ pub struct Metrics {
     token_valid: IntGaugeVec,
     upstream_throttled: IntCounterVec,
     rate_limit_remaining: IntGaugeVec,
+    config_reloads: IntCounterVec,
+    config_last_reload: IntGauge,
+    config_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -206,6 +209,36 @@ impl Metrics {
                 &["identity"],
             ),
         );
+        let config_reloads = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "config_reloads_total",
+                    "Configuration reloads (SIGHUP), by result; a failed one leaves the running configuration in force.",
+                ),
+                &["result"],
+            ),
+        );
+        for result in ["success", "failure"] {
+            config_reloads.with_label_values(&[result]);
+        }
+        let config_last_reload = register(
+            &registry,
+            IntGauge::with_opts(opts(
+                "config_last_reload_success_timestamp_seconds",
+                "When the configuration in force was loaded (Unix seconds).",
+            )),
+        );
+        let config_info = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "config_info",
+                    "1 for the configuration in force, labelled with a hash of it (secrets left out), so a fleet's drift shows.",
+                ),
+                &["sha256"],
+            ),
+        );
         let anonymous = client_metrics(&requests, &denied, NO_CLIENT);
         Self {
             registry,
@@ -225,6 +258,9 @@ impl Metrics {
             token_valid,
             upstream_throttled,
             rate_limit_remaining,
+            config_reloads,
+            config_last_reload,
+            config_info,
         }
     }
 
@@ -280,6 +316,22 @@ impl Metrics {
 
     pub fn count_throttled(&self, identity: &str) {
         self.upstream_throttled.with_label_values(&[identity]).inc();
+    }
+
+    /// The configuration now in force: its hash, and when it was loaded.
+    pub fn set_config(&self, hash: &str) {
+        self.config_info.reset();
+        self.config_info.with_label_values(&[hash]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        self.config_last_reload
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    pub fn count_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
     }
 
     pub fn set_rate_limit_remaining(&self, identity: &str, remaining: i64) {

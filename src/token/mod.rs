@@ -7,6 +7,7 @@
 mod assertion;
 pub mod endpoint;
 mod federated;
+mod identities;
 mod managed;
 mod source;
 
@@ -19,6 +20,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::telemetry::metrics::Metrics;
 pub use endpoint::{FetchError, IssuedToken, REFRESH_RESULTS};
+pub use identities::Identities;
 pub use source::TokenSource;
 
 /// Renew at the latest this long before expiry, as the Azure SDKs do.

@@ -753,3 +753,132 @@ async fn the_audit_line_names_the_client_behind_a_trusted_proxy_only() {
     assert_eq!(peers[0], "198.51.100.9:0", "the hop the trusted proxy saw");
     assert!(peers[1].starts_with("127.0.0.1:"), "{}", peers[1]);
 }
+
+/// SIGHUP reloads clients and rules: a new key works, a removed one does not, the download in
+/// flight finishes whole, the token is not fetched again, and a broken edit changes nothing.
+#[tokio::test]
+async fn sighup_reloads_clients_without_dropping_a_download_or_the_token() {
+    use http_body_util::BodyExt as _;
+    let fakes = Fakes::start().await;
+    let config = fakes.write_config();
+    let base = std::fs::read_to_string(&config).expect("read");
+    let (stays, goes, arrives) = (
+        ado_auth_proxy::keys::generate().expect("key"),
+        ado_auth_proxy::keys::generate().expect("key"),
+        ado_auth_proxy::keys::generate().expect("key"),
+    );
+    let clients = |names: &[(&str, &str)]| {
+        let mut toml = String::from("[inbound]\nmode = \"keys\"\n");
+        for (name, key) in names {
+            toml.push_str(&format!(
+                "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n",
+                crate::access::Keys::hash(key)
+            ));
+        }
+        base.replace(crate::harness::OPEN_ALLOW_ALL, &toml)
+    };
+    std::fs::write(&config, clients(&[("stays", &stays), ("goes", &goes)])).expect("write");
+    let mut binary = command(&[
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--log-format",
+        "json",
+    ]);
+    binary.env("RUST_LOG", "info");
+    let child = run(binary).await;
+    wait_ready(child.admin.port()).await;
+    let proxy = child.proxy;
+    let get = |key: &str| {
+        let (url, auth) = (
+            format!("http://{proxy}/contoso/_apis/projects"),
+            crate::harness::basic("tool", key),
+        );
+        async move { support::get(&url, &[("authorization", &auth)]).await.status }
+    };
+    assert_eq!(get(&goes).await, 200);
+
+    // A download held after its first MiB until the reload is done.
+    const BYTES: u64 = 4 << 20;
+    let download = {
+        let request = http::Request::get(format!(
+            "http://{proxy}/_test/download?bytes={BYTES}&gate=1"
+        ))
+        .header("authorization", crate::harness::basic("tool", &stays))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .expect("request");
+        tokio::spawn(async move {
+            let response = support::send(request).await.expect("response");
+            response
+                .into_body()
+                .collect()
+                .await
+                .expect("whole body")
+                .to_bytes()
+        })
+    };
+
+    std::fs::write(
+        &config,
+        clients(&[("stays", &stays), ("arrives", &arrives)]),
+    )
+    .expect("write");
+    let hangup = |pid: u32| async move {
+        let _ = Command::new("sh")
+            .args(["-c", &format!("kill -HUP {pid}")])
+            .status()
+            .await;
+    };
+    let pid = child.child.id().expect("running");
+    hangup(pid).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while get(&arrives).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the new key never worked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&goes).await, 401, "the removed key");
+    assert_eq!(get(&stays).await, 200);
+
+    fakes.devops.release_download();
+    let body = download.await.expect("download task");
+    assert_eq!(body.len() as u64, BYTES);
+    assert!(crate::support::devops::is_pattern(0, &body), "byte-exact");
+    assert_eq!(
+        fakes.entra.tokens_issued(),
+        1,
+        "the unchanged identity kept its token"
+    );
+
+    // A broken edit: refused, counted, and the running configuration stays.
+    let broken =
+        clients(&[("stays", &stays)]).replacen("[upstream]\n", "[upstream]\nnot_a_key = 1\n", 1);
+    std::fs::write(&config, broken).expect("write");
+    hangup(pid).await;
+    let metrics = format!("http://127.0.0.1:{}/metrics", child.admin.port());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = support::get(&metrics, &[]).await.text();
+        if text.contains(r#"ado_auth_proxy_config_reloads_total{result="failure"} 1"#) {
+            assert!(text.contains(r#"ado_auth_proxy_config_reloads_total{result="success"} 1"#));
+            assert!(
+                text.contains("ado_auth_proxy_config_info{sha256="),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the failed reload was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(get(&arrives).await, 200, "still the configuration in force");
+    let (_, logs) = terminate(child).await;
+    assert!(logs.contains("configuration not reloaded"), "{logs}");
+    assert!(
+        logs.contains("not_a_key"),
+        "the error names the key: {logs}"
+    );
+}
