@@ -13,6 +13,22 @@ use crate::config::{Config, Identity};
 use crate::token::TokenSource;
 
 /// Runs the checks and returns the report and whether every identity passed.
+/// Everything a start or a reload checks before it touches the network: the configuration
+/// (already validated when loaded) and each identity's credential files (a certificate that does
+/// not load). Nothing is fetched.
+pub fn offline(config: &Config) -> Result<String, String> {
+    let tls =
+        crate::tls::client_config(config.upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    for identity in &config.identities {
+        TokenSource::new(identity, &tls)?;
+    }
+    Ok(format!(
+        "configuration valid: {} identities, {} clients, no network used\n",
+        config.identities.len(),
+        config.clients.len()
+    ))
+}
+
 pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool) {
     let mut report = String::from("configuration: valid\n");
     if let Some(org) = organization

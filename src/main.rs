@@ -45,6 +45,9 @@ enum Command {
         /// Azure DevOps organization whose membership to check (`contoso` in dev.azure.com/contoso).
         #[arg(long)]
         organization: Option<String>,
+        /// Validate only, with no network: what a reload would load (CI of configuration repos).
+        #[arg(long, conflicts_with = "organization")]
+        offline: bool,
     },
     /// Exit 0 when the admin listener's /readyz answers 200 (for container HEALTHCHECKs).
     Healthcheck,
@@ -90,7 +93,17 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => run(config, cli.config.clone()).await,
-            Command::Check { organization } => {
+            Command::Check { offline: true, .. } => match ado_auth_proxy::check::offline(&config) {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    eprintln!("ado-auth-proxy: {error}");
+                    ExitCode::from(2)
+                }
+            },
+            Command::Check { organization, .. } => {
                 let (report, passed) =
                     ado_auth_proxy::check::check(&config, organization.as_deref()).await;
                 print!("{report}");

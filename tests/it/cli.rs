@@ -882,3 +882,60 @@ async fn sighup_reloads_clients_without_dropping_a_download_or_the_token() {
         "the error names the key: {logs}"
     );
 }
+
+#[tokio::test]
+async fn check_offline_validates_without_the_network_for_ci_of_config_repositories() {
+    let fakes = Fakes::start().await;
+    let config = fakes.write_config();
+    let path = config.to_str().expect("utf-8");
+    let good = command(&["--config", path, "check", "--offline"])
+        .output()
+        .await
+        .expect("runs");
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    assert!(String::from_utf8_lossy(&good.stdout).contains("configuration valid"));
+    assert_eq!(fakes.entra.token_requests(), 0, "no token was asked for");
+
+    // A key that does not exist, and a certificate that does not load: exit 2, naming them.
+    let text = std::fs::read_to_string(&config).expect("read");
+    let unknown = fakes.dir.path().join("unknown.toml");
+    std::fs::write(
+        &unknown,
+        text.replacen("[upstream]\n", "[upstream]\nulr = 1\n", 1),
+    )
+    .expect("write");
+    let not_a_certificate = fakes.dir.path().join("not-a-certificate.pem");
+    std::fs::write(&not_a_certificate, "not PEM").expect("write");
+    let bad_certificate = fakes.dir.path().join("bad-certificate.toml");
+    std::fs::write(
+        &bad_certificate,
+        format!(
+            "[identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
+             credential = {{ kind = \"client_certificate\", certificate_file = \"{}\" }}\n{}",
+            not_a_certificate.display(),
+            crate::harness::OPEN_ALLOW_ALL
+        ),
+    )
+    .expect("write");
+    for (file, named) in [
+        (&unknown, "ulr"),
+        (&bad_certificate, "not-a-certificate.pem"),
+    ] {
+        let bad = command(&[
+            "--config",
+            file.to_str().expect("utf-8"),
+            "check",
+            "--offline",
+        ])
+        .output()
+        .await
+        .expect("runs");
+        assert_eq!(bad.status.code(), Some(2), "{}", file.display());
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains(named), "{stderr}");
+    }
+}
