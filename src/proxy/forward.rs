@@ -4,7 +4,7 @@
 //! answer. Nothing here decides who may call or what; that is done before.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
@@ -15,7 +15,7 @@ use super::exchange::Exchange;
 use super::headers;
 use super::upstream::Upstream;
 use crate::error::{Rejection, UpstreamFailure};
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Metrics, RateLimitSignals};
 use crate::token::TokenCache;
 
 /// How long a request whose token Azure DevOps refused waits for a renewed one.
@@ -96,9 +96,6 @@ pub(super) struct Outgoing {
     pub(super) replay: Option<Replay>,
 }
 
-static RATE_LIMIT_REMAINING: http::HeaderName =
-    http::HeaderName::from_static("x-ratelimit-remaining");
-
 /// One request's way to Azure DevOps: the host's connections and where to count.
 pub(super) struct Forward<'a> {
     pub(super) upstream: &'a Upstream,
@@ -117,7 +114,7 @@ impl Forward<'_> {
             .send(&mut outgoing.request, exchange, outgoing.replay.as_ref())
             .await?;
         let token = &outgoing.destination.token;
-        if token_refused(&response) {
+        if self.token_refused(token.identity(), &response) {
             let status = response.status();
             // Not read: its connection is closed rather than held while a new token comes.
             drop(response);
@@ -213,27 +210,146 @@ impl Forward<'_> {
             .insert(http::header::AUTHORIZATION, renewed);
         exchange.set_replayed();
         let response = self.send(&mut Some(request), exchange, None).await?;
-        if token_refused(&response) {
+        if self.token_refused(token.identity(), &response) {
             return Err(Rejection::TokenRefused { replayed: true });
         }
         Ok(response)
+    }
+
+    fn token_refused(&self, identity: &str, response: &Response<Incoming>) -> bool {
+        if response.status() == StatusCode::NON_AUTHORITATIVE_INFORMATION {
+            self.metrics.count_sign_in_answer(identity);
+        }
+        token_refused(response)
     }
 
     fn observe_rate_limits(&self, identity: &str, response: &Response<Incoming>) {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             self.metrics.count_throttled(identity);
         }
-        // A pass over the names, not a lookup: hashing a name costs more than comparing a
-        // response's few names with it.
-        if let Some(remaining) = response
-            .headers()
-            .iter()
-            .find_map(|(name, value)| (name == RATE_LIMIT_REMAINING).then_some(value))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-        {
-            self.metrics
-                .set_rate_limit_remaining(identity, remaining as i64);
+        let signals = rate_limit_signals(response.headers(), SystemTime::now());
+        if signals != RateLimitSignals::default() {
+            self.metrics.observe_rate_limits(identity, &signals);
         }
+    }
+}
+
+/// Azure DevOps' throttling headers, in one pass over the answer's names: most answers carry
+/// none, and a prefix test per name costs less than a lookup per header.
+fn rate_limit_signals(headers: &http::HeaderMap, now: SystemTime) -> RateLimitSignals {
+    let mut signals = RateLimitSignals::default();
+    for (name, value) in headers {
+        if name == http::header::RETRY_AFTER {
+            signals.retry_after_seconds = retry_after_seconds(value, now);
+            continue;
+        }
+        let Some(field) = name.as_str().strip_prefix("x-ratelimit-") else {
+            continue;
+        };
+        let Some(number) = non_negative(value) else {
+            continue;
+        };
+        // Float to integer saturates, so a huge value cannot wrap.
+        match field {
+            "limit" => signals.limit = Some(number as i64),
+            "remaining" => signals.remaining = Some(number as i64),
+            "reset" => signals.reset_unix_seconds = Some(number as i64),
+            "delay" => signals.delay_seconds = Some(number),
+            _ => {}
+        }
+    }
+    signals
+}
+
+fn non_negative(value: &HeaderValue) -> Option<f64> {
+    let number = value.to_str().ok()?.trim().parse::<f64>().ok()?;
+    (number.is_finite() && number >= 0.0).then_some(number)
+}
+
+/// `Retry-After` is delay-seconds or an HTTP date (RFC 9110 10.2.3); a date in the past is 0.
+fn retry_after_seconds(value: &HeaderValue, now: SystemTime) -> Option<i64> {
+    let text = value.to_str().ok()?.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Some(i64::try_from(seconds).unwrap_or(i64::MAX));
+    }
+    let at = httpdate::parse_http_date(text).ok()?;
+    let wait = at.duration_since(now).unwrap_or_default();
+    Some(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from_static(value),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reads_every_throttling_header() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_000_000);
+        let signals = rate_limit_signals(
+            &headers(&[
+                ("content-type", "application/json"),
+                ("x-ratelimit-resource", "Core"),
+                ("x-ratelimit-delay", "2.5"),
+                ("x-ratelimit-limit", "200"),
+                ("x-ratelimit-remaining", " 12 "),
+                ("x-ratelimit-reset", "1796000300"),
+                ("retry-after", "3"),
+            ]),
+            now,
+        );
+        assert_eq!(
+            signals,
+            RateLimitSignals {
+                limit: Some(200),
+                remaining: Some(12),
+                reset_unix_seconds: Some(1_796_000_300),
+                delay_seconds: Some(2.5),
+                retry_after_seconds: Some(3),
+            }
+        );
+    }
+
+    #[test]
+    fn retry_after_as_a_date_counts_down_from_now() {
+        let now =
+            httpdate::parse_http_date("Sun, 06 Dec 2026 06:00:00 GMT").expect("a valid HTTP date");
+        let later = headers(&[("retry-after", "Sun, 06 Dec 2026 06:01:30 GMT")]);
+        assert_eq!(
+            rate_limit_signals(&later, now).retry_after_seconds,
+            Some(90)
+        );
+        let past = headers(&[("retry-after", "Sun, 06 Dec 2026 05:00:00 GMT")]);
+        assert_eq!(rate_limit_signals(&past, now).retry_after_seconds, Some(0));
+    }
+
+    #[test]
+    fn unreadable_values_are_ignored_not_zero() {
+        let signals = rate_limit_signals(
+            &headers(&[
+                ("x-ratelimit-remaining", "-1"),
+                ("x-ratelimit-limit", "NaN"),
+                ("x-ratelimit-delay", "soon"),
+                ("x-ratelimit-reset", "inf"),
+                ("retry-after", "tomorrow"),
+            ]),
+            SystemTime::now(),
+        );
+        assert_eq!(signals, RateLimitSignals::default());
+        let huge = headers(&[("x-ratelimit-remaining", "1e300")]);
+        assert_eq!(
+            rate_limit_signals(&huge, SystemTime::now()).remaining,
+            Some(i64::MAX)
+        );
     }
 }

@@ -6,8 +6,8 @@ use http::Method;
 
 use crate::error::{Refusal, Unauthenticated, UpstreamFailure};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 const PREFIX: &str = "ado_auth_proxy";
@@ -15,6 +15,8 @@ const METHODS: [&str; 8] = [
     "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
 ];
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Azure DevOps holds a request back by up to 30 s before it answers 429.
+const DELAY_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
@@ -43,6 +45,18 @@ impl ClientMetrics {
     }
 }
 
+/// Azure DevOps' throttling headers on one answer (`None`: absent or unreadable).
+/// `X-RateLimit-Resource` is left out: it names the limit for humans, and as a label its values
+/// would come from the network.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct RateLimitSignals {
+    pub limit: Option<i64>,
+    pub remaining: Option<i64>,
+    pub reset_unix_seconds: Option<i64>,
+    pub delay_seconds: Option<f64>,
+    pub retry_after_seconds: Option<i64>,
+}
+
 /// The `client` label of requests that never got as far as naming a client.
 pub const NO_CLIENT: &str = "-";
 
@@ -65,6 +79,12 @@ pub struct Metrics {
     token_valid: IntGaugeVec,
     upstream_throttled: IntCounterVec,
     rate_limit_remaining: IntGaugeVec,
+    rate_limit_limit: IntGaugeVec,
+    rate_limit_reset: IntGaugeVec,
+    rate_limit_delay: HistogramVec,
+    retry_after: IntGaugeVec,
+    retry_after_answers: IntCounterVec,
+    sign_in_answers: IntCounterVec,
     config_reloads: IntCounterVec,
     config_last_reload: IntGauge,
     config_info: IntGaugeVec,
@@ -209,6 +229,68 @@ impl Metrics {
                 &["identity"],
             ),
         );
+        let rate_limit_limit = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "upstream_rate_limit_limit",
+                    "Last X-RateLimit-Limit seen from Azure DevOps (TSTUs per sliding 5 minutes), by identity.",
+                ),
+                &["identity"],
+            ),
+        );
+        let rate_limit_reset = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "upstream_rate_limit_reset_timestamp_seconds",
+                    "Last X-RateLimit-Reset seen from Azure DevOps (Unix seconds), by identity.",
+                ),
+                &["identity"],
+            ),
+        );
+        let rate_limit_delay = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "upstream_rate_limit_delay_seconds",
+                    "X-RateLimit-Delay: how long Azure DevOps held an answer back to slow the identity down.",
+                )
+                .namespace(PREFIX)
+                .buckets(DELAY_BUCKETS.to_vec()),
+                &["identity"],
+            ),
+        );
+        let retry_after = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "upstream_retry_after_seconds",
+                    "Last Retry-After seen from Azure DevOps (seconds), by identity.",
+                ),
+                &["identity"],
+            ),
+        );
+        let retry_after_answers = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "upstream_retry_after_total",
+                    "Answers from Azure DevOps carrying Retry-After (a 200 may), by identity.",
+                ),
+                &["identity"],
+            ),
+        );
+        let sign_in_answers = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "upstream_non_authoritative_total",
+                    "203 answers from Azure DevOps (its sign-in page for a refused token; never passed on), by identity.",
+                ),
+                &["identity"],
+            ),
+        );
         let config_reloads = register(
             &registry,
             IntCounterVec::new(
@@ -258,6 +340,12 @@ impl Metrics {
             token_valid,
             upstream_throttled,
             rate_limit_remaining,
+            rate_limit_limit,
+            rate_limit_reset,
+            rate_limit_delay,
+            retry_after,
+            retry_after_answers,
+            sign_in_answers,
             config_reloads,
             config_last_reload,
             config_info,
@@ -297,6 +385,9 @@ impl Metrics {
             self.token_refreshes.with_label_values(&[identity, result]);
         }
         self.upstream_throttled.with_label_values(&[identity]);
+        self.rate_limit_delay.with_label_values(&[identity]);
+        self.retry_after_answers.with_label_values(&[identity]);
+        self.sign_in_answers.with_label_values(&[identity]);
     }
 
     pub fn count_token_refresh(&self, identity: &str, result: &str) {
@@ -334,10 +425,32 @@ impl Metrics {
         self.config_reloads.with_label_values(&[result]).inc();
     }
 
-    pub fn set_rate_limit_remaining(&self, identity: &str, remaining: i64) {
-        self.rate_limit_remaining
-            .with_label_values(&[identity])
-            .set(remaining);
+    /// Gauges are only set once a header was seen: a 0 before that would read as exhausted.
+    pub fn observe_rate_limits(&self, identity: &str, signals: &RateLimitSignals) {
+        let labels = &[identity];
+        let gauges = [
+            (&self.rate_limit_limit, signals.limit),
+            (&self.rate_limit_remaining, signals.remaining),
+            (&self.rate_limit_reset, signals.reset_unix_seconds),
+            (&self.retry_after, signals.retry_after_seconds),
+        ];
+        for (gauge, value) in gauges {
+            if let Some(value) = value {
+                gauge.with_label_values(labels).set(value);
+            }
+        }
+        if let Some(delay) = signals.delay_seconds {
+            self.rate_limit_delay
+                .with_label_values(labels)
+                .observe(delay);
+        }
+        if signals.retry_after_seconds.is_some() {
+            self.retry_after_answers.with_label_values(labels).inc();
+        }
+    }
+
+    pub fn count_sign_in_answer(&self, identity: &str) {
+        self.sign_in_answers.with_label_values(&[identity]).inc();
     }
 
     /// Prometheus text exposition of every metric.

@@ -233,6 +233,7 @@ async fn dashboard_and_alerts_query_what_the_proxy_exports() {
             allow = [
               {{ methods = ["GET"], path = "/contoso/_apis/projects" }},
               {{ methods = ["GET"], path = "/_test/status/*" }},
+              {{ methods = ["GET"], path = "/_test/delayed" }},
             ]
             "#,
             Keys::hash(&keys.reader)
@@ -247,6 +248,7 @@ async fn dashboard_and_alerts_query_what_the_proxy_exports() {
     for (path, status) in [
         ("/contoso/_apis/projects", 200),
         ("/_test/status/429", 429),
+        ("/_test/delayed", 200),
         ("/contoso/web/_git/web/info/refs", 403),
     ] {
         assert_eq!(
@@ -334,6 +336,9 @@ async fn alerted_counters_exist_before_their_first_event() {
     let stack = Stack::start().await;
     for series in [
         r#"ado_auth_proxy_upstream_throttled_total{identity="default"}"#,
+        r#"ado_auth_proxy_upstream_retry_after_total{identity="default"}"#,
+        r#"ado_auth_proxy_upstream_non_authoritative_total{identity="default"}"#,
+        r#"ado_auth_proxy_upstream_rate_limit_delay_seconds_sum{identity="default"}"#,
         r#"ado_auth_proxy_token_refreshes_total{identity="default",result="transport"}"#,
         r#"ado_auth_proxy_token_refreshes_total{identity="default",result="credential"}"#,
         r#"ado_auth_proxy_token_refreshes_total{identity="default",result="throttled"}"#,

@@ -259,6 +259,88 @@ async fn upstream_429_is_passed_through_and_counted() {
 }
 
 #[tokio::test]
+async fn throttling_headers_on_a_200_become_per_identity_metrics() {
+    let stack = Stack::start().await;
+    let reply = support::get(&stack.url("/_test/delayed"), &[]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "held back\n");
+    assert_eq!(reply.header("retry-after"), Some("3"));
+    for (series, value) in [
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_limit{identity="default"}"#,
+            200.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_remaining{identity="default"}"#,
+            12.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_reset_timestamp_seconds{identity="default"}"#,
+            1_796_000_300.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_retry_after_seconds{identity="default"}"#,
+            3.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_retry_after_total{identity="default"}"#,
+            1.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_delay_seconds_sum{identity="default"}"#,
+            2.5,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_delay_seconds_count{identity="default"}"#,
+            1.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_delay_seconds_bucket{identity="default",le="2.5"}"#,
+            1.0,
+        ),
+        (
+            r#"ado_auth_proxy_upstream_rate_limit_delay_seconds_bucket{identity="default",le="1"}"#,
+            0.0,
+        ),
+        // A 200, however slowed, is not a 429.
+        (
+            r#"ado_auth_proxy_upstream_throttled_total{identity="default"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(stack.metric(series).await, value, "{series}");
+    }
+    // An answer without the headers leaves the last values in place.
+    assert_eq!(
+        support::get(&stack.url("/contoso/_apis/projects"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        stack
+            .metric(r#"ado_auth_proxy_upstream_rate_limit_remaining{identity="default"}"#)
+            .await,
+        12.0
+    );
+}
+
+#[tokio::test]
+async fn sign_in_pages_are_counted_and_never_passed_on() {
+    let stack = Stack::start().await;
+    let reply = support::get(&stack.url("/_test/status/203"), &[]).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert!(!reply.text().contains("status 203"), "{}", reply.text());
+    // The first answer and the replay with a renewed token.
+    assert_eq!(
+        stack
+            .metric(r#"ado_auth_proxy_upstream_non_authoritative_total{identity="default"}"#)
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test]
 async fn in_flight_requests_finish_during_graceful_shutdown() {
     let mut stack = Stack::start().await;
     let url = stack.url("/_test/slow?ms=700");

@@ -474,6 +474,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         ["_test", "truncate"] if get => truncate(query),
         ["_test", "status", code] if get => status(code),
+        // Azure DevOps slowing an identity down: a 200 that was held back, with Retry-After.
+        ["_test", "delayed"] if get => Response::builder()
+            .header("x-ratelimit-resource", "Core")
+            .header("x-ratelimit-delay", "2.5")
+            .header("x-ratelimit-limit", "200")
+            .header("x-ratelimit-remaining", "12")
+            .header("x-ratelimit-reset", "1796000300")
+            .header(header::RETRY_AFTER, "3")
+            .body(full("held back\n"))
+            .expect("static response"),
         ["_test", "redirect"] if get => Response::builder()
             .status(StatusCode::FOUND)
             .header(
@@ -745,8 +755,10 @@ fn status(code: &str) -> Response<Body> {
         429 => res
             .header(header::RETRY_AFTER, "7")
             .header("x-ratelimit-resource", "Core")
+            .header("x-ratelimit-delay", "30")
             .header("x-ratelimit-limit", "200")
-            .header("x-ratelimit-remaining", "0"),
+            .header("x-ratelimit-remaining", "0")
+            .header("x-ratelimit-reset", "1796000300"),
         401 => return unauthorized(),
         _ => res,
     };
