@@ -327,6 +327,50 @@ async fn dashboard_and_alerts_query_what_the_proxy_exports() {
             assert!(used.contains(family), "{family} is on no panel or alert");
         }
     }
+    // Prometheus' own linter, on a scrape with every family present.
+    promtool(&["check", "metrics"], &metrics);
+}
+
+/// Prometheus' own parser and checks on the alert rules.
+#[test]
+fn promtool_accepts_the_alert_rules() {
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/prometheus/ado-auth-proxy-rules.yaml");
+    let rules = rules.to_str().expect("a UTF-8 path");
+    promtool(&["check", "rules", rules], "");
+}
+
+/// Runs `promtool` (Debian's `prometheus` package; `.ci/run` installs it) with `stdin`, and fails
+/// with its output unless it succeeds with nothing to complain about.
+fn promtool(args: &[&str], stdin: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new("promtool")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("promtool (Debian package `prometheus`) cannot run: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("promtool reads its input");
+    let output = child.wait_with_output().expect("promtool finishes");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "promtool {args:?}:\n{report}");
+    // `check metrics` succeeds silently; `check rules` only reports its count.
+    assert!(
+        report.trim().is_empty() || report.contains("SUCCESS"),
+        "promtool {args:?}:\n{report}"
+    );
 }
 
 /// `increase()` cannot see a series' first value, so the counters the alerts watch are exported
