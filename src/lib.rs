@@ -30,6 +30,7 @@ pub mod feeds;
 pub mod keys;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

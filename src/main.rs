@@ -160,28 +160,6 @@ fn new_key(name: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Each `SIGHUP` loads the configuration again from where it came from; the running app
-/// validates it in full and swaps it in, or keeps the one in force.
-fn reloads(
-    file: Option<std::path::PathBuf>,
-) -> tokio::sync::mpsc::UnboundedReceiver<Result<Config, ado_auth_proxy::config::ConfigError>> {
-    let (loaded, reloads) = tokio::sync::mpsc::unbounded_channel();
-    #[cfg(unix)]
-    tokio::spawn(async move {
-        let kind = tokio::signal::unix::SignalKind::hangup();
-        let Ok(mut hangups) = tokio::signal::unix::signal(kind) else {
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: loading the configuration again");
-            if loaded.send(Config::load(file.as_deref())).is_err() {
-                return;
-            }
-        }
-    });
-    reloads
-}
-
 async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
     if config.inbound.open_beyond_loopback {
         tracing::warn!(
@@ -203,7 +181,10 @@ async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCod
         "ado-auth-proxy listening"
     );
     if let Err(error) = app
-        .run_with_reloads(shutdown_signal(), reloads(config_file))
+        .run_with_reloads(
+            shutdown_signal(),
+            ado_auth_proxy::reload::triggers(config_file),
+        )
         .await
     {
         tracing::error!("{error}");

@@ -296,7 +296,7 @@ impl Metrics {
             IntCounterVec::new(
                 opts(
                     "config_reloads_total",
-                    "Configuration reloads (SIGHUP), by result; a failed one leaves the running configuration in force.",
+                    "Configuration reloads (SIGHUP or a changed file), by result; a failed one leaves the running configuration in force.",
                 ),
                 &["result"],
             ),

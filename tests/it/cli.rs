@@ -778,9 +778,15 @@ async fn sighup_reloads_clients_without_dropping_a_download_or_the_token() {
         base.replace(crate::harness::OPEN_ALLOW_ALL, &toml)
     };
     std::fs::write(&config, clients(&[("stays", &stays), ("goes", &goes)])).expect("write");
+    // Named through a symlink in another directory: edits of the file itself are then invisible
+    // to the file watcher, which watches the symlink's directory, so only SIGHUP reloads here.
+    let linked = fakes.dir.path().join("linked");
+    std::fs::create_dir(&linked).expect("mkdir");
+    let link = linked.join("proxy.toml");
+    std::os::unix::fs::symlink(&config, &link).expect("symlink");
     let mut binary = command(&[
         "--config",
-        config.to_str().expect("utf-8"),
+        link.to_str().expect("utf-8"),
         "--log-format",
         "json",
     ]);
@@ -881,6 +887,73 @@ async fn sighup_reloads_clients_without_dropping_a_download_or_the_token() {
         logs.contains("not_a_key"),
         "the error names the key: {logs}"
     );
+}
+
+/// A change of the configuration file reloads it without a signal: written in place, and
+/// replaced by a rename the way editors and Kubernetes do.
+#[tokio::test]
+async fn an_edited_configuration_file_is_reloaded_without_a_signal() {
+    let fakes = Fakes::start().await;
+    let config = fakes.write_config();
+    let base = std::fs::read_to_string(&config).expect("read");
+    let keys: Vec<String> = (0..3)
+        .map(|_| ado_auth_proxy::keys::generate().expect("key"))
+        .collect();
+    let only = |key: &str| {
+        base.replace(
+            crate::harness::OPEN_ALLOW_ALL,
+            &format!(
+                "[inbound]\nmode = \"keys\"\n[[clients]]\nname = \"tool\"\nkey_sha256 = \"{}\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n",
+                crate::access::Keys::hash(key)
+            ),
+        )
+    };
+    std::fs::write(&config, only(&keys[0])).expect("write");
+    let child = run(command(&["--config", config.to_str().expect("utf-8")])).await;
+    wait_ready(child.admin.port()).await;
+    let proxy = child.proxy;
+    let get = |key: &str| {
+        let (url, auth) = (
+            format!("http://{proxy}/contoso/_apis/projects"),
+            crate::harness::basic("tool", key),
+        );
+        async move { support::get(&url, &[("authorization", &auth)]).await.status }
+    };
+    let accepted = |key: String| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while get(&key).await != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the edited file was never loaded"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(get(&keys[0]).await, 200);
+    assert_eq!(get(&keys[1]).await, 401);
+
+    std::fs::write(&config, only(&keys[1])).expect("write in place");
+    accepted(keys[1].clone()).await;
+    assert_eq!(get(&keys[0]).await, 401, "the key edited out");
+
+    let replacement = fakes.dir.path().join(".proxy.toml.swp");
+    std::fs::write(&replacement, only(&keys[2])).expect("write");
+    std::fs::rename(&replacement, &config).expect("rename over");
+    accepted(keys[2].clone()).await;
+    assert_eq!(get(&keys[1]).await, 401, "the key replaced");
+
+    let metrics = format!("http://127.0.0.1:{}/metrics", child.admin.port());
+    let text = support::get(&metrics, &[]).await.text();
+    assert!(
+        text.contains(r#"ado_auth_proxy_config_reloads_total{result="failure"} 0"#),
+        "{text}"
+    );
+    assert_eq!(
+        fakes.entra.tokens_issued(),
+        1,
+        "the identity kept its token"
+    );
+    terminate(child).await;
 }
 
 #[tokio::test]
