@@ -754,6 +754,25 @@ async fn the_audit_line_names_the_client_behind_a_trusted_proxy_only() {
     assert!(peers[1].starts_with("127.0.0.1:"), "{}", peers[1]);
 }
 
+/// The status of a GET through `proxy` with a client key.
+async fn status_with_key(proxy: std::net::SocketAddr, key: String) -> http::StatusCode {
+    let url = format!("http://{proxy}/contoso/_apis/projects");
+    let auth = crate::harness::basic("tool", &key);
+    support::get(&url, &[("authorization", &auth)]).await.status
+}
+
+/// Waits, at most 10 s, until a reload has made `key` work.
+async fn wait_until_accepted(proxy: std::net::SocketAddr, key: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status_with_key(proxy, key.to_owned()).await != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reload never made the key work"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// SIGHUP reloads clients and rules: a new key works, a removed one does not, the download in
 /// flight finishes whole, the token is not fetched again, and a broken edit changes nothing.
 #[tokio::test]
@@ -794,13 +813,7 @@ async fn sighup_reloads_clients_without_dropping_a_download_or_the_token() {
     let child = run(binary).await;
     wait_ready(child.admin.port()).await;
     let proxy = child.proxy;
-    let get = |key: &str| {
-        let (url, auth) = (
-            format!("http://{proxy}/contoso/_apis/projects"),
-            crate::harness::basic("tool", key),
-        );
-        async move { support::get(&url, &[("authorization", &auth)]).await.status }
-    };
+    let get = |key: &str| status_with_key(proxy, key.to_owned());
     assert_eq!(get(&goes).await, 200);
 
     // A download held after its first MiB until the reload is done.
@@ -836,14 +849,7 @@ async fn sighup_reloads_clients_without_dropping_a_download_or_the_token() {
     };
     let pid = child.child.id().expect("running");
     hangup(pid).await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while get(&arrives).await != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the new key never worked"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until_accepted(proxy, &arrives).await;
     assert_eq!(get(&goes).await, 401, "the removed key");
     assert_eq!(get(&stays).await, 200);
 
@@ -912,34 +918,18 @@ async fn an_edited_configuration_file_is_reloaded_without_a_signal() {
     let child = run(command(&["--config", config.to_str().expect("utf-8")])).await;
     wait_ready(child.admin.port()).await;
     let proxy = child.proxy;
-    let get = |key: &str| {
-        let (url, auth) = (
-            format!("http://{proxy}/contoso/_apis/projects"),
-            crate::harness::basic("tool", key),
-        );
-        async move { support::get(&url, &[("authorization", &auth)]).await.status }
-    };
-    let accepted = |key: String| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while get(&key).await != 200 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the edited file was never loaded"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    let get = |key: &str| status_with_key(proxy, key.to_owned());
     assert_eq!(get(&keys[0]).await, 200);
     assert_eq!(get(&keys[1]).await, 401);
 
     std::fs::write(&config, only(&keys[1])).expect("write in place");
-    accepted(keys[1].clone()).await;
+    wait_until_accepted(proxy, &keys[1]).await;
     assert_eq!(get(&keys[0]).await, 401, "the key edited out");
 
     let replacement = fakes.dir.path().join(".proxy.toml.swp");
     std::fs::write(&replacement, only(&keys[2])).expect("write");
     std::fs::rename(&replacement, &config).expect("rename over");
-    accepted(keys[2].clone()).await;
+    wait_until_accepted(proxy, &keys[2]).await;
     assert_eq!(get(&keys[1]).await, 401, "the key replaced");
 
     let metrics = format!("http://127.0.0.1:{}/metrics", child.admin.port());
