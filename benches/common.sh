@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by benches/compare.sh and benches/instructions.sh (sourced, not run): tools, the work
+# Shared by the benches/*.sh scripts (sourced, not run): tools, the work
 # directory and its cleanup, the loopback upstream, and nginx and ado-auth-proxy configured for
 # the same job. Expects ROOT and BENCH_NAME; the functions set UP_PID, NGINX_PID, PROXY_PID and BARE_PID.
 # Every process started here is stopped on exit; everything listens on 127.0.0.1 only.
@@ -60,6 +60,18 @@ cleanup() {
 }
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ports_free PORT...: dies naming the first one already in use on 127.0.0.1.
+ports_free() {
+  local p
+  for p in "$@"; do port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"; done
+}
+
+# proxy_and_upstream: builds both unless SKIP_BUILD=1, and dies if either is missing.
+proxy_and_upstream() {
+  [[ ${SKIP_BUILD:-0} == 1 ]] || build_release --bin ado-auth-proxy
+  [[ -x $UPSTREAM_BIN && -x $PROXY_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
+}
 
 # wait_http URL SECONDS PID: until URL answers 200, the process died, or time is up
 wait_http() {

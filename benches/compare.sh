@@ -120,7 +120,7 @@ ports=("$UP_PORT")
 has_target nginx && ports+=("$NGINX_PORT")
 has_target proxy && ports+=("$PROXY_PORT" "$PROXY_ADMIN_PORT")
 has_target bare && ports+=("$BARE_PORT")
-for p in "${ports[@]}"; do port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"; done
+ports_free "${ports[@]}"
 
 start_upstream "$UP_PORT"
 curl -s --max-time 5 "http://127.0.0.1:$UP_PORT/small" >"$WORK/small.direct"

@@ -46,9 +46,7 @@ need_tools wrk:wrk curl:curl valgrind:valgrind
 [[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN missing (build it or unset SKIP_BUILD)"
 [[ " $TARGETS " != *" proxy "* || -x $PROXY_BIN ]] || die "$PROXY_BIN missing (build it or unset SKIP_BUILD)"
 [[ " $TARGETS " != *" bare "* || -x $BARE_BIN ]] || die "$BARE_BIN missing (build it or unset SKIP_BUILD)"
-for p in "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$BARE_PORT"; do
-  port_free "$p" || die "port $p on 127.0.0.1 is in use (set *_PORT)"
-done
+ports_free "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$BARE_PORT"
 
 bench_init
 start_upstream "$UP_PORT"

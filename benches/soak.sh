@@ -31,11 +31,8 @@ PROXY_ADMIN_PORT=${PROXY_ADMIN_PORT:-28293}
 [[ $ROUND =~ ^[1-9][0-9]*s$ ]] || die "ROUND must be seconds, like 10s"
 
 need_tools wrk:wrk curl:curl
-[[ ${SKIP_BUILD:-0} == 1 ]] || build_release --bin ado-auth-proxy
-[[ -x $UPSTREAM_BIN && -x $PROXY_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
-for port in "$UP_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT"; do
-  port_free "$port" || die "port $port is in use"
-done
+proxy_and_upstream
+ports_free "$UP_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT"
 
 bench_init
 BENCH_TOKEN_LIFETIME=$TOKEN_LIFETIME start_upstream "$UP_PORT"
