@@ -227,7 +227,7 @@ impl Forward<'_> {
         if response.status() == StatusCode::TOO_MANY_REQUESTS {
             self.metrics.count_throttled(identity);
         }
-        let signals = rate_limit_signals(response.headers(), SystemTime::now());
+        let signals = rate_limit_signals(response.headers(), SystemTime::now);
         if signals != RateLimitSignals::default() {
             self.metrics.observe_rate_limits(identity, &signals);
         }
@@ -236,11 +236,12 @@ impl Forward<'_> {
 
 /// Azure DevOps' throttling headers, in one pass over the answer's names: most answers carry
 /// none, and a prefix test per name costs less than a lookup per header.
-fn rate_limit_signals(headers: &http::HeaderMap, now: SystemTime) -> RateLimitSignals {
+/// `now` is only asked for when `Retry-After` is a date: most answers need no clock.
+fn rate_limit_signals(headers: &http::HeaderMap, now: impl Fn() -> SystemTime) -> RateLimitSignals {
     let mut signals = RateLimitSignals::default();
     for (name, value) in headers {
         if name == http::header::RETRY_AFTER {
-            signals.retry_after_seconds = retry_after_seconds(value, now);
+            signals.retry_after_seconds = retry_after_seconds(value, &now);
             continue;
         }
         let Some(field) = name.as_str().strip_prefix("x-ratelimit-") else {
@@ -267,13 +268,13 @@ fn non_negative(value: &HeaderValue) -> Option<f64> {
 }
 
 /// `Retry-After` is delay-seconds or an HTTP date (RFC 9110 10.2.3); a date in the past is 0.
-fn retry_after_seconds(value: &HeaderValue, now: SystemTime) -> Option<i64> {
+fn retry_after_seconds(value: &HeaderValue, now: impl Fn() -> SystemTime) -> Option<i64> {
     let text = value.to_str().ok()?.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Some(i64::try_from(seconds).unwrap_or(i64::MAX));
     }
     let at = httpdate::parse_http_date(text).ok()?;
-    let wait = at.duration_since(now).unwrap_or_default();
+    let wait = at.duration_since(now()).unwrap_or_default();
     Some(i64::try_from(wait.as_secs()).unwrap_or(i64::MAX))
 }
 
@@ -306,7 +307,7 @@ mod tests {
                 ("x-ratelimit-reset", "1796000300"),
                 ("retry-after", "3"),
             ]),
-            now,
+            || now,
         );
         assert_eq!(
             signals,
@@ -326,11 +327,14 @@ mod tests {
             httpdate::parse_http_date("Sun, 06 Dec 2026 06:00:00 GMT").expect("a valid HTTP date");
         let later = headers(&[("retry-after", "Sun, 06 Dec 2026 06:01:30 GMT")]);
         assert_eq!(
-            rate_limit_signals(&later, now).retry_after_seconds,
+            rate_limit_signals(&later, || now).retry_after_seconds,
             Some(90)
         );
         let past = headers(&[("retry-after", "Sun, 06 Dec 2026 05:00:00 GMT")]);
-        assert_eq!(rate_limit_signals(&past, now).retry_after_seconds, Some(0));
+        assert_eq!(
+            rate_limit_signals(&past, || now).retry_after_seconds,
+            Some(0)
+        );
     }
 
     #[test]
@@ -343,12 +347,12 @@ mod tests {
                 ("x-ratelimit-reset", "inf"),
                 ("retry-after", "tomorrow"),
             ]),
-            SystemTime::now(),
+            SystemTime::now,
         );
         assert_eq!(signals, RateLimitSignals::default());
         let huge = headers(&[("x-ratelimit-remaining", "1e300")]);
         assert_eq!(
-            rate_limit_signals(&huge, SystemTime::now()).remaining,
+            rate_limit_signals(&huge, SystemTime::now).remaining,
             Some(i64::MAX)
         );
     }
