@@ -12,15 +12,16 @@ use tokio::task::JoinHandle;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TlsFiles};
 use crate::proxy::exchange::RequestIds;
 use crate::proxy::snapshot::{SharedSnapshot, Snapshot};
 use crate::server::admin::Admin;
 use crate::server::worker::Worker;
 use crate::server::{self, ServeOptions};
 use crate::telemetry::metrics::Metrics;
-use crate::tls;
+use crate::tls::{self, ListenerCertificate};
 use crate::token::Identities;
+use rustls::sign::CertifiedKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -52,6 +53,7 @@ pub struct App {
     identities: Identities,
     /// The feed rules' GUID lookups, started again with every configuration.
     feeds: Feeds,
+    certificates: ListenerCertificates,
 }
 
 impl App {
@@ -71,6 +73,7 @@ impl App {
         let admin_listener = bind("admin.address", config.admin.address).await?;
 
         let tls = tls::client_config(config.upstream.ca_file.as_deref())?;
+        let certificates = ListenerCertificates::start(&config)?;
         let metrics = Arc::new(Metrics::new());
 
         let identities = Identities::start(&config.identities, &tls, &metrics)
@@ -107,6 +110,7 @@ impl App {
             admin,
             identities,
             feeds,
+            certificates,
         })
     }
 
@@ -147,6 +151,9 @@ impl App {
             header_read_timeout: listen.header_read_timeout,
             max_header_bytes: listen.max_header_bytes,
             shutdown_grace_period: listen.shutdown_grace_period,
+            tls: self
+                .certificates
+                .acceptor(&self.certificates.proxy, server::PROXY_ALPN)?,
         };
         let mut dealers = Vec::with_capacity(listen.workers);
         let mut workers = Vec::with_capacity(listen.workers);
@@ -185,6 +192,9 @@ impl App {
                 header_read_timeout: Duration::from_secs(10),
                 max_header_bytes: 16 * 1024,
                 shutdown_grace_period: Duration::from_secs(1),
+                tls: self
+                    .certificates
+                    .acceptor(&self.certificates.admin, server::ADMIN_ALPN)?,
             },
             // Probes (the kubelet) and scrapers (Prometheus) come from addresses of their own:
             // neither can take every slot from the other.
@@ -201,6 +211,7 @@ impl App {
             admin: self.admin,
             identities: self.identities,
             feeds: self.feeds,
+            certificates: self.certificates,
         };
         tokio::pin!(shutdown);
         let mut reloading = true;
@@ -252,6 +263,7 @@ struct Running {
     admin: Arc<Admin>,
     identities: Identities,
     feeds: Feeds,
+    certificates: ListenerCertificates,
 }
 
 impl Running {
@@ -279,6 +291,8 @@ impl Running {
                 "these settings change only with a restart; they keep their running values"
             );
         }
+        // Read before anything changes: a certificate that does not load fails the whole reload.
+        let certificates = self.certificates.load(&config)?;
         self.identities
             .reconcile(&config.identities, &self.tls, &self.metrics)?;
         let token_of = |identity: &str| self.identities.cache(identity);
@@ -299,11 +313,74 @@ impl Running {
             }
         };
         self.snapshot.store(Arc::new(snapshot));
+        for (listener, certificate) in certificates {
+            listener.replace(certificate);
+        }
         self.feeds = Feeds(feeds);
         self.admin.set_tokens(self.identities.caches());
         self.metrics.set_config(&fingerprint(&config));
         self.config = config;
         Ok(())
+    }
+}
+
+/// A listener and the certificate it is to present from now on.
+type Replacement = (Arc<ListenerCertificate>, Arc<CertifiedKey>);
+
+/// The certificates the TLS listeners present. A reload swaps them; whether a listener speaks
+/// TLS at all is settled at start.
+struct ListenerCertificates {
+    proxy: Option<Arc<ListenerCertificate>>,
+    admin: Option<Arc<ListenerCertificate>>,
+}
+
+impl ListenerCertificates {
+    fn start(config: &Config) -> Result<Self, StartError> {
+        let load = |files: &Option<TlsFiles>, key: &str| -> Result<_, StartError> {
+            Ok(match files {
+                Some(files) => Some(ListenerCertificate::new(tls::load_certificate(
+                    &files.certificate_file,
+                    &files.key_file,
+                    key,
+                )?)),
+                None => None,
+            })
+        };
+        Ok(Self {
+            proxy: load(&config.listen.tls, "listen.tls")?,
+            admin: load(&config.admin.tls, "admin.tls")?,
+        })
+    }
+
+    fn acceptor(
+        &self,
+        certificate: &Option<Arc<ListenerCertificate>>,
+        alpn: &[&[u8]],
+    ) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+        Ok(match certificate {
+            Some(certificate) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls::server_config(certificate.clone(), alpn)?,
+            ))),
+            None => None,
+        })
+    }
+
+    /// Every certificate the configuration names for a listener serving TLS, read before any
+    /// is swapped in.
+    fn load(&self, config: &Config) -> Result<Vec<Replacement>, String> {
+        let mut loaded = Vec::new();
+        for (listener, files, key) in [
+            (&self.proxy, &config.listen.tls, "listen.tls"),
+            (&self.admin, &config.admin.tls, "admin.tls"),
+        ] {
+            if let (Some(listener), Some(files)) = (listener, files) {
+                let certificate =
+                    tls::load_certificate(&files.certificate_file, &files.key_file, key)
+                        .map_err(|e| e.to_string())?;
+                loaded.push((listener.clone(), certificate));
+            }
+        }
+        Ok(loaded)
     }
 }
 
@@ -313,6 +390,11 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
     let (u, v) = (&running.upstream, &loaded.upstream);
     [
         ("listen.address", a.address != b.address),
+        ("listen.tls", a.tls.is_some() != b.tls.is_some()),
+        (
+            "admin.tls",
+            running.admin.tls.is_some() != loaded.admin.tls.is_some(),
+        ),
         ("listen.workers", a.workers != b.workers),
         (
             "listen.max_connections",

@@ -161,6 +161,7 @@ fn new_key(name: &str) -> ExitCode {
 }
 
 async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCode {
+    let reloads = ado_auth_proxy::reload::triggers(config_file, &config);
     if config.inbound.open_beyond_loopback {
         tracing::warn!(
             address = %config.listen.address,
@@ -180,13 +181,7 @@ async fn run(config: Config, config_file: Option<std::path::PathBuf>) -> ExitCod
         version = env!("CARGO_PKG_VERSION"),
         "ado-auth-proxy listening"
     );
-    if let Err(error) = app
-        .run_with_reloads(
-            shutdown_signal(),
-            ado_auth_proxy::reload::triggers(config_file),
-        )
-        .await
-    {
+    if let Err(error) = app.run_with_reloads(shutdown_signal(), reloads).await {
         tracing::error!("{error}");
         return ExitCode::FAILURE;
     }
@@ -216,6 +211,7 @@ async fn shutdown_signal() {
 }
 
 /// A minimal HTTP/1.1 GET of /readyz, so images without curl can use it as their HEALTHCHECK.
+/// Over TLS when the admin listener has it, trusting exactly its configured certificate.
 async fn healthcheck(config: Config) -> ExitCode {
     let mut address = config.admin.address;
     if address.ip().is_unspecified() {
@@ -225,14 +221,30 @@ async fn healthcheck(config: Config) -> ExitCode {
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
+    let tls = match &config.admin.tls {
+        Some(files) => match ado_auth_proxy::tls::pinned_client_config(
+            &files.certificate_file,
+            "admin.tls.certificate_file",
+        ) {
+            Ok(tls) => Some(tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))),
+            Err(error) => {
+                eprintln!("{error}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
     let probe = async {
-        let mut stream = tokio::net::TcpStream::connect(address).await?;
+        let stream = tokio::net::TcpStream::connect(address).await?;
         let request =
             format!("GET /readyz HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = vec![0u8; 64];
-        let n = stream.read(&mut head).await?;
-        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..n]).into_owned())
+        match tls {
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::IpAddress(address.ip().into());
+                read_head(tls.connect(name, stream).await?, &request).await
+            }
+            None => read_head(stream, &request).await,
+        }
     };
     match tokio::time::timeout(Duration::from_secs(5), probe).await {
         Ok(Ok(head)) if head.starts_with("HTTP/1.1 200") => ExitCode::SUCCESS,
@@ -249,4 +261,14 @@ async fn healthcheck(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn read_head(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    request: &str,
+) -> std::io::Result<String> {
+    stream.write_all(request.as_bytes()).await?;
+    let mut head = vec![0u8; 64];
+    let n = stream.read(&mut head).await?;
+    Ok(String::from_utf8_lossy(&head[..n]).into_owned())
 }

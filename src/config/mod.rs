@@ -19,7 +19,7 @@ pub use network::Network;
 pub use types::{
     Admin, AssertionAlgorithm, CertificateFiles, ClientConfig, Credential, EntraApp,
     FederatedSource, Identity, Inbound, InboundMode, Listen, ManagedIdentity, ManagedProtocol,
-    Proof, SecretSource, Upstream,
+    Proof, SecretSource, TlsFiles, Upstream,
 };
 pub use validate::is_loopback_host;
 
@@ -60,6 +60,14 @@ pub struct Config {
 }
 
 impl Config {
+    /// Files named here that a reload reads again: the listeners' certificates and keys.
+    pub fn reloaded_files(&self) -> impl Iterator<Item = &Path> {
+        [&self.listen.tls, &self.admin.tls]
+            .into_iter()
+            .flatten()
+            .flat_map(|files| [files.certificate_file.as_path(), files.key_file.as_path()])
+    }
+
     /// Loads from the optional TOML file and the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::new();

@@ -76,6 +76,15 @@ pub(super) struct RawListen {
     pub(super) public_url: Option<String>,
     /// Load balancers whose `X-Forwarded-For` is believed: addresses or CIDR ranges.
     pub(super) trusted_proxies: Vec<String>,
+    /// Serve HTTPS (and h2) with this certificate; unset, plain HTTP/1.1.
+    pub(super) tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) certificate_file: PathBuf,
+    pub(super) key_file: PathBuf,
 }
 
 impl Default for RawListen {
@@ -91,6 +100,7 @@ impl Default for RawListen {
             workers: 0,
             public_url: None,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -99,12 +109,14 @@ impl Default for RawListen {
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAdmin {
     pub(super) address: String,
+    pub(super) tls: Option<RawTls>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:9090".into(),
+            tls: None,
         }
     }
 }

@@ -53,11 +53,20 @@ pub struct Listen {
     pub public_url: Option<String>,
     /// Whose `X-Forwarded-For` names the client in the audit line.
     pub trusted_proxies: Vec<Network>,
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub address: SocketAddr,
+    pub tls: Option<TlsFiles>,
+}
+
+/// A listener's certificate chain and private key, PEM files read again on every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone)]

@@ -112,6 +112,8 @@ pub struct Proxy {
     /// The public URL last derived from a request's `Host` (no `listen.public_url`): clients of
     /// one listener almost always send the same one.
     derived_public_url: Mutex<Option<(HeaderValue, Arc<UrlMap>)>>,
+    /// `https` on a TLS listener: the scheme of a public URL derived from `Host`.
+    listener_scheme: &'static str,
 }
 
 impl Proxy {
@@ -120,6 +122,7 @@ impl Proxy {
         snapshot: SharedSnapshot,
         metrics: Arc<Metrics>,
         request_ids: Arc<RequestIds>,
+        listener_scheme: &'static str,
     ) -> Self {
         Self {
             upstreams,
@@ -127,6 +130,7 @@ impl Proxy {
             metrics,
             request_ids,
             derived_public_url: Mutex::new(None),
+            listener_scheme,
         }
     }
 
@@ -241,7 +245,8 @@ impl Proxy {
     }
 
     /// What absolute Azure DevOps URLs in this request's response become: `listen.public_url`,
-    /// or, on a loopback listener without one, `http://` and the `Host` the client used.
+    /// or, on a loopback listener without one, the listener's scheme and the `Host` the client
+    /// used.
     fn public_url(&self, snapshot: &Snapshot, headers: &http::HeaderMap) -> Option<Arc<UrlMap>> {
         if let Some(configured) = &snapshot.public_url {
             return Some(configured.clone());
@@ -257,7 +262,10 @@ impl Proxy {
             return Some(map.clone());
         }
         let authority = http::uri::Authority::try_from(host.as_bytes()).ok()?;
-        let map = Arc::new(UrlMap::new(&format!("http://{authority}")));
+        let map = Arc::new(UrlMap::new(&format!(
+            "{}://{authority}",
+            self.listener_scheme
+        )));
         *derived = Some((host.clone(), map.clone()));
         Some(map)
     }

@@ -1,10 +1,12 @@
 //! Accepting and serving connections: connection limit, header-read timeout, header size limit,
-//! HTTP/1.1 keep-alive, graceful drain on shutdown.
+//! HTTP/1.1 keep-alive, TLS with h2 by ALPN, graceful drain on shutdown.
 //!
 //! The proxy listener has one acceptor that deals connections round-robin to worker threads,
 //! each serving its share on its own single-threaded runtime; the admin listener is served where
-//! it is accepted. HTTP/1.1 only on the client side: git, curl, the SDKs and package managers
+//! it is accepted. Plain listeners speak HTTP/1.1 only: git, curl, the SDKs and package managers
 //! speak it to a plain `http://` proxy, and hyper's HTTP/1 builder can cap header size itself.
+//! A TLS listener also offers h2 by ALPN, with the limits a public h2 server needs (see
+//! [`http2_builder`]).
 
 pub mod admin;
 mod limits;
@@ -17,13 +19,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::{Request, Response, Version};
 use hyper::body::{Body, Incoming};
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
 pub use self::limits::{Limits, Slot};
 
@@ -55,10 +58,28 @@ where
 
 #[derive(Clone)]
 pub struct ServeOptions {
+    /// Also bounds a TLS handshake.
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub shutdown_grace_period: Duration,
+    /// Set: connections are TLS, and h2 is served to clients that choose it by ALPN.
+    pub tls: Option<TlsAcceptor>,
 }
+
+/// The ALPN protocols a TLS proxy listener offers, most preferred first.
+pub const PROXY_ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// The admin listener answers probes and scrapes: HTTP/1.1 is all they need.
+pub const ADMIN_ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// Streams one client may have open at once on an h2 connection: a git fetch or a package
+/// restore runs a few dozen in parallel at most.
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+/// Streams a client may reset before the server has answered them, at once (the 2023 "rapid
+/// reset" flood opens and cancels streams without end).
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset for a client's protocol errors before it closes the connection
+/// (the 2025 "MadeYouReset" flood makes the server do the resetting).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
 /// An accepted connection on its way to a worker, holding its connection-limit slot.
 pub struct Accepted {
@@ -156,8 +177,29 @@ pub async fn serve<H: Handler>(
     server.drain(options.shutdown_grace_period).await;
 }
 
+/// hyper's h2 server with the limits a public h2 server needs. Beside the constants above: a
+/// header list no larger than an HTTP/1.1 head may be (h2 0.4 also counts CONTINUATION frames
+/// against it, which stops the 2024 CONTINUATION flood), and pings that close a connection
+/// whose peer stopped answering.
+fn http2_builder(max_header_bytes: usize) -> http2::Builder<TokioExecutor> {
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX))
+        .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(MAX_LOCAL_ERROR_RESET_STREAMS)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
 struct ConnectionServer {
-    builder: http1::Builder,
+    http1: http1::Builder,
+    /// With `tls` only.
+    http2: http2::Builder<TokioExecutor>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
     graceful: GracefulShutdown,
 }
 
@@ -165,16 +207,19 @@ impl ConnectionServer {
     /// `timer` runs the header-read timeout: the worker's own deadlines (see `timer`) where
     /// they are driven, tokio's elsewhere.
     fn new(options: &ServeOptions, timer: impl hyper::rt::Timer + Send + Sync + 'static) -> Self {
-        let mut builder = http1::Builder::new();
+        let mut http1 = http1::Builder::new();
         // hyper enforces the header-read timeout only with a timer installed. It runs whenever
         // the connection waits for a request head, so it also closes idle keep-alive connections.
-        builder
+        http1
             .timer(timer)
             .header_read_timeout(options.header_read_timeout)
             .max_header_size(options.max_header_bytes)
             .keep_alive(true);
         Self {
-            builder,
+            http1,
+            http2: http2_builder(options.max_header_bytes),
+            tls: options.tls.clone(),
+            handshake_timeout: options.header_read_timeout,
             graceful: GracefulShutdown::new(),
         }
     }
@@ -184,15 +229,39 @@ impl ConnectionServer {
         let peer = stream
             .peer_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let connection = self.graceful.watch(
-            self.builder
-                .serve_connection(TokioIo::new(stream), Service { handler, peer }),
-        );
+        let service = Service { handler, peer };
+        let Some(tls) = &self.tls else {
+            let connection = self
+                .graceful
+                .watch(self.http1.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                ended(connection.await);
+                drop(slot);
+            });
+            return;
+        };
+        let handshake = tokio::time::timeout(self.handshake_timeout, tls.accept(stream));
+        let (http1, http2) = (self.http1.clone(), self.http2.clone());
+        // Watched once the handshake is done: a drain does not wait for a handshake.
+        let graceful = self.graceful.watcher();
         tokio::spawn(async move {
-            // Errors here are client-side (resets, timeouts, malformed requests): hyper has
-            // already answered what could be answered.
-            if let Err(error) = connection.await {
-                tracing::debug!(error = %error, "connection ended with an error");
+            let stream = match handshake.await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, peer = %peer.ip(), "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %peer.ip(), "TLS handshake timed out");
+                    return;
+                }
+            };
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let io = TokioIo::new(stream);
+            if h2 {
+                ended(graceful.watch(http2.serve_connection(io, service)).await);
+            } else {
+                ended(graceful.watch(http1.serve_connection(io, service)).await);
             }
             drop(slot);
         });
@@ -214,6 +283,14 @@ impl ConnectionServer {
     }
 }
 
+/// Errors here are client-side (resets, timeouts, malformed requests): hyper has already
+/// answered what could be answered.
+fn ended(result: hyper::Result<()>) {
+    if let Err(error) = result {
+        tracing::debug!(error = %error, "connection ended with an error");
+    }
+}
+
 /// The handler as hyper's `Service`. Not `service_fn` with an `async` block: that block would
 /// hold the handler's future twice over (captured, then awaited), and hyper moves the future it
 /// gets per request.
@@ -227,11 +304,33 @@ impl<H: Handler> hyper::service::Service<Request<Incoming>> for Service<H> {
     type Error = Infallible;
     type Future = Infallibly<H::Future>;
 
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: Request<Incoming>) -> Self::Future {
+        if request.version() == Version::HTTP_2 {
+            as_origin_form(&mut request);
+        }
         Infallibly {
             inner: self.handler.call(request, self.peer),
         }
     }
+}
+
+/// An h2 request names its host in `:authority`, which hyper puts in the URI, and need not send
+/// `Host`. The request path reads the host from `Host` and the target as a path, as HTTP/1.1
+/// gives them; `:authority` wins over a `Host` beside it, as RFC 9113 (8.3.1) asks.
+fn as_origin_form<B>(request: &mut Request<B>) {
+    let uri = request.uri();
+    let Some(host) = uri
+        .authority()
+        .and_then(|authority| http::HeaderValue::from_str(authority.as_str()).ok())
+    else {
+        return;
+    };
+    let target = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    request.headers_mut().insert(http::header::HOST, host);
+    *request.uri_mut() = http::Uri::from(target);
 }
 
 pin_project_lite::pin_project! {
@@ -277,6 +376,7 @@ mod tests {
                 header_read_timeout: PATIENCE * 3,
                 max_header_bytes: 16 * 1024,
                 shutdown_grace_period: PATIENCE,
+                tls: None,
             },
             TokioTimer::new(),
         );

@@ -41,11 +41,17 @@ impl Worker {
             // The header-read and response timeouts of this worker's requests run on it.
             tokio::spawn(crate::timer::drive());
             let upstreams = Upstreams::new(&self.upstream, self.tls);
+            let scheme = if self.options.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let proxy = Arc::new(Proxy::new(
                 upstreams,
                 self.snapshot,
                 self.metrics,
                 self.request_ids,
+                scheme,
             ));
             let handler = move |request, peer| proxy.clone().handle(request, peer);
             super::serve_dealt(self.connections, self.options, handler).await;

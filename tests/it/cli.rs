@@ -15,7 +15,7 @@ use crate::support::{self};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ado-auth-proxy");
 
-fn command(args: &[&str]) -> Command {
+pub fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BIN);
     command
         .args(args)
@@ -28,14 +28,14 @@ fn command(args: &[&str]) -> Command {
     command
 }
 
-struct Fakes {
-    entra: FakeEntra,
-    devops: FakeDevOps,
-    dir: tempfile::TempDir,
+pub struct Fakes {
+    pub entra: FakeEntra,
+    pub devops: FakeDevOps,
+    pub dir: tempfile::TempDir,
 }
 
 impl Fakes {
-    async fn start() -> Fakes {
+    pub async fn start() -> Fakes {
         let entra = FakeEntra::start(EntraConfig::default()).await;
         let dir = tempfile::TempDir::new().expect("temp dir");
         let devops = FakeDevOps::start(DevOpsConfig {
@@ -54,6 +54,17 @@ impl Fakes {
 
     /// The same with the admin listener on `admin_port`, for commands that must find it.
     fn write_config_named(&self, name: &str, admin_port: u16) -> PathBuf {
+        self.write_config_with(name, admin_port, "", "")
+    }
+
+    /// With extra lines in `[listen]` and `[admin]`.
+    pub fn write_config_with(
+        &self,
+        name: &str,
+        admin_port: u16,
+        listen: &str,
+        admin: &str,
+    ) -> PathBuf {
         let secret_file = self.dir.path().join("client-secret");
         std::fs::write(
             &secret_file,
@@ -64,7 +75,8 @@ impl Fakes {
         std::fs::write(
             &path,
             format!(
-                "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:{admin_port}\"\n\
+                "[listen]\naddress = \"127.0.0.1:0\"\n{listen}\n\
+                 [admin]\naddress = \"127.0.0.1:{admin_port}\"\n{admin}\n\
                  [upstream]\nurl = \"{upstream}\"\n{identity}\n{access}",
                 upstream = self.devops.url(),
                 identity = self.entra.identity_toml(Some(&secret_file)),
@@ -76,7 +88,7 @@ impl Fakes {
     }
 }
 
-async fn wait_ready(admin_port: u16) {
+pub async fn wait_ready(admin_port: u16) {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", admin_port))
             .await
@@ -96,15 +108,15 @@ async fn wait_ready(admin_port: u16) {
 /// The binary serving `run`: the addresses it bound (it logs them; with port 0 it picks free
 /// ones, so no port is chosen here and taken by someone else before the binary binds it), and
 /// its stderr, collected as it comes.
-struct Running {
+pub struct Running {
     child: Child,
-    proxy: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    logs: std::sync::Arc<std::sync::Mutex<String>>,
+    pub proxy: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub logs: std::sync::Arc<std::sync::Mutex<String>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-async fn run(mut command: Command) -> Running {
+pub async fn run(mut command: Command) -> Running {
     use tokio::io::AsyncBufReadExt as _;
     let mut child = command.spawn().expect("spawn");
     let stderr = child.stderr.take().expect("stderr piped");
@@ -158,7 +170,7 @@ fn field(line: &str, name: &str) -> Option<std::net::SocketAddr> {
 }
 
 /// SIGTERM, then the exit status and everything the binary wrote.
-async fn terminate(running: Running) -> (std::process::ExitStatus, String) {
+pub async fn terminate(running: Running) -> (std::process::ExitStatus, String) {
     let Running {
         mut child,
         logs,

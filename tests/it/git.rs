@@ -7,6 +7,11 @@ use crate::harness::{OLD_PAT, Stack};
 
 /// Runs git with no user or system configuration, no prompts, and a fixed identity.
 pub async fn git(dir: &Path, args: &[&str]) -> std::process::Output {
+    git_with(dir, args, &[]).await
+}
+
+/// [`git`] with extra environment variables.
+pub async fn git_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let home = dir.join(".home");
     std::fs::create_dir_all(&home).expect("home dir");
     tokio::process::Command::new("git")
@@ -17,6 +22,7 @@ pub async fn git(dir: &Path, args: &[&str]) -> std::process::Output {
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ASKPASS", "/bin/false")
+        .envs(env.iter().copied())
         .output()
         .await
         .expect("git runs")

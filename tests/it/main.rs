@@ -18,4 +18,5 @@ mod hosts;
 mod identities;
 mod layout;
 mod streaming;
+mod tls_listener;
 mod tokens;

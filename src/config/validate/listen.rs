@@ -1,6 +1,6 @@
 use super::Validator;
-use crate::config::raw::{RawAdmin, RawListen};
-use crate::config::{Admin, ConfigError, Listen, Network};
+use crate::config::raw::{RawAdmin, RawListen, RawTls};
+use crate::config::{Admin, ConfigError, Listen, Network, TlsFiles};
 
 impl Validator<'_> {
     pub(super) fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
@@ -30,8 +30,10 @@ impl Validator<'_> {
                 )
             })?);
         }
+        let tls = self.tls("listen.tls", raw.tls)?;
         Ok(Listen {
             address,
+            tls,
             trusted_proxies,
             public_url,
             header_read_timeout: raw.header_read_timeout.0,
@@ -76,6 +78,62 @@ impl Validator<'_> {
                 "must differ from listen.address: metrics and health have their own listener",
             ));
         }
-        Ok(Admin { address })
+        let tls = self.tls("admin.tls", raw.tls)?;
+        Ok(Admin { address, tls })
+    }
+
+    /// Loaded here, not only at start: `check --offline` and a reload must refuse what the
+    /// listener could not serve.
+    fn tls(&self, key: &str, raw: Option<RawTls>) -> Result<Option<TlsFiles>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        crate::tls::load_certificate(&raw.certificate_file, &raw.key_file, key).map_err(
+            |e| match e {
+                crate::tls::TlsError::File { key, path, problem } => {
+                    self.error(&key, format!("{path}: {problem}"))
+                }
+                other => self.error(key, other.to_string()),
+            },
+        )?;
+        Ok(Some(TlsFiles {
+            certificate_file: raw.certificate_file,
+            key_file: raw.key_file,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn fixture(name: &str) -> String {
+        format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn with_tls(certificate: &str, key: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(&format!(
+            "[listen]\ntls = {{ certificate_file = \"{}\", key_file = \"{}\" }}\n\
+             [inbound]\nmode = \"open\"\nallow = [{{ methods = [\"GET\"], path = \"/**\" }}]\n\
+             [identities.default]\ntenant_id = \"t\"\nclient_id = \"c\"\n\
+             credential = {{ kind = \"client_secret\", secret = \"s\" }}\n",
+            fixture(certificate),
+            fixture(key)
+        ))
+    }
+
+    #[test]
+    fn a_listener_certificate_is_loaded_and_checked_against_its_key() {
+        let config = with_tls("listener-cert.pem", "listener-key.rsa.pem").expect("valid");
+        assert!(config.listen.tls.is_some());
+        assert_eq!(config.reloaded_files().count(), 2);
+        match with_tls("listener-cert.pem", "listener-rotated-key.ec.pem") {
+            Err(ConfigError::Invalid { key, problem, .. }) => {
+                assert_eq!(key, "listen.tls.key_file");
+                assert!(
+                    problem.contains("is not the key of the certificate"),
+                    "{problem}"
+                );
+            }
+            other => panic!("a mismatched key must be refused: {other:?}"),
+        }
     }
 }
