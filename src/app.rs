@@ -76,8 +76,18 @@ impl App {
         let certificates = ListenerCertificates::start(&config)?;
         let metrics = Arc::new(Metrics::new());
 
-        let identities = Identities::start(&config.identities, &tls, &metrics)
-            .map_err(StartError::Credential)?;
+        if let Some(proxy) = &config.upstream.egress.proxy
+            && !proxy.is_empty()
+        {
+            tracing::info!(
+                proxy = %config.upstream.egress.shown,
+                no_proxy = %config.upstream.egress.no_proxy,
+                "connections to Azure DevOps and Entra ID go through this egress proxy"
+            );
+        }
+        let identities =
+            Identities::start(&config.identities, &tls, &config.upstream.egress, &metrics)
+                .map_err(StartError::Credential)?;
         let bound = proxy_listener
             .local_addr()
             .map_err(|source| StartError::Bind {
@@ -283,8 +293,10 @@ impl Running {
     }
 
     fn apply(&mut self, loaded: Result<Config, ConfigError>) -> Result<(), String> {
-        let config = loaded.map_err(|e| e.to_string())?;
+        let mut config = loaded.map_err(|e| e.to_string())?;
         let fixed = restart_only_changes(&self.config, &config);
+        // The workers' connectors took it at start; tokens and feed lookups keep to it too.
+        config.upstream.egress = self.config.upstream.egress.clone();
         if !fixed.is_empty() {
             tracing::warn!(
                 keys = %fixed.join(", "),
@@ -293,8 +305,12 @@ impl Running {
         }
         // Read before anything changes: a certificate that does not load fails the whole reload.
         let certificates = self.certificates.load(&config)?;
-        self.identities
-            .reconcile(&config.identities, &self.tls, &self.metrics)?;
+        self.identities.reconcile(
+            &config.identities,
+            &self.tls,
+            &config.upstream.egress,
+            &self.metrics,
+        )?;
         let token_of = |identity: &str| self.identities.cache(identity);
         let built =
             Snapshot::build(&config, self.bound, &self.metrics, token_of).and_then(|snapshot| {
@@ -307,8 +323,12 @@ impl Running {
             Ok(built) => built,
             Err(error) => {
                 // Back to the identities of the configuration that stays in force.
-                self.identities
-                    .reconcile(&self.config.identities, &self.tls, &self.metrics)?;
+                self.identities.reconcile(
+                    &self.config.identities,
+                    &self.tls,
+                    &self.config.upstream.egress,
+                    &self.metrics,
+                )?;
                 return Err(error);
             }
         };
@@ -438,6 +458,7 @@ fn restart_only_changes(running: &Config, loaded: &Config) -> Vec<&'static str> 
             u.max_replay_body_bytes != v.max_replay_body_bytes,
         ),
         ("upstream.resolve", u.resolve != v.resolve),
+        ("upstream.proxy", u.egress != v.egress),
     ]
     .into_iter()
     .filter_map(|(key, changed)| changed.then_some(key))

@@ -20,7 +20,7 @@ pub fn offline(config: &Config) -> Result<String, String> {
     let tls =
         crate::tls::client_config(config.upstream.ca_file.as_deref()).map_err(|e| e.to_string())?;
     for identity in &config.identities {
-        TokenSource::new(identity, &tls)?;
+        TokenSource::new(identity, &tls, &config.upstream.egress)?;
     }
     Ok(format!(
         "configuration valid: {} identities, {} clients, no network used\n",
@@ -44,8 +44,8 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
             return (report, false);
         }
     };
-    // Like the forwarding client, no HTTP proxy: check must see what `run` will see.
-    let devops = match crate::token::endpoint::build(tls.clone(), false) {
+    // Through the egress proxy as the forwarding client goes: check must see what `run` will see.
+    let devops = match crate::token::endpoint::build(tls.clone(), &config.upstream.egress) {
         Ok(client) => client,
         Err(error) => {
             let _ = writeln!(report, "cannot build the HTTP client: {error}");
@@ -59,7 +59,15 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
     };
     let mut all_passed = true;
     for identity in &config.identities {
-        all_passed &= check_identity(identity, &tls, &devops, &connection_data, &mut report).await;
+        all_passed &= check_identity(
+            identity,
+            &tls,
+            &config.upstream.egress,
+            &devops,
+            &connection_data,
+            &mut report,
+        )
+        .await;
     }
     if organization.is_none() {
         report.push_str(
@@ -72,6 +80,7 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
 async fn check_identity(
     identity: &Identity,
     tls: &rustls::ClientConfig,
+    egress: &crate::config::Egress,
     devops: &reqwest::Client,
     connection_data: &str,
     report: &mut String,
@@ -89,7 +98,7 @@ async fn check_identity(
         let _ = write!(report, ", client id {client_id}");
     }
     report.push_str("): ");
-    let source = match TokenSource::new(identity, tls) {
+    let source = match TokenSource::new(identity, tls, egress) {
         Ok(source) => source,
         Err(error) => {
             let _ = writeln!(report, "FAILED: {error}");

@@ -19,12 +19,14 @@
 //! - [`proxy`]: the request stages, in the order above.
 //! - [`token`]: token caches, their refreshers and one source per credential kind; [`feeds`]:
 //!   the GUIDs of the feeds rules name, learned with a token.
+//! - [`egress`]: the way out, direct or through the corporate proxy's `CONNECT` tunnel.
 //! - [`config`], [`policy`], [`telemetry`], [`error`], [`secret`], [`keys`], [`tls`]: the
 //!   vocabulary everything else is written in.
 
 pub mod app;
 pub mod check;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod feeds;
 pub mod keys;

@@ -17,7 +17,7 @@ mod validate;
 
 pub use network::Network;
 pub use types::{
-    Admin, AssertionAlgorithm, CertificateFiles, ClientConfig, Credential, EntraApp,
+    Admin, AssertionAlgorithm, CertificateFiles, ClientConfig, Credential, Egress, EntraApp,
     FederatedSource, Identity, Inbound, InboundMode, Listen, ManagedIdentity, ManagedProtocol,
     Proof, SecretSource, TlsFiles, Upstream,
 };

@@ -134,6 +134,8 @@ pub(super) struct RawUpstream {
     pub(super) hosts: Vec<String>,
     /// Host name -> `ip:port` to connect to instead of what DNS says (TLS still checks the name).
     pub(super) resolve: BTreeMap<String, String>,
+    /// `http://[user:password@]host:port`, or `none`; unset: `HTTPS_PROXY` and `NO_PROXY`.
+    pub(super) proxy: Option<Secret>,
 }
 
 impl Default for RawUpstream {
@@ -150,6 +152,7 @@ impl Default for RawUpstream {
                 .map(String::from)
                 .to_vec(),
             resolve: BTreeMap::new(),
+            proxy: None,
         }
     }
 }

@@ -86,6 +86,20 @@ pub struct Upstream {
     pub hosts: Hosts,
     /// Host names connected to at a given address instead of the one DNS gives.
     pub resolve: Vec<(String, SocketAddr)>,
+    /// The corporate proxy, if connections go through one.
+    pub egress: Egress,
+}
+
+/// The HTTP proxy that connections to Azure DevOps and Entra ID go through (`CONNECT`), from
+/// `upstream.proxy` or the `HTTPS_PROXY` family of variables; `Debug` never shows credentials.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Egress {
+    /// `http://[user:password@]host:port`; `None`: every connection is direct.
+    pub proxy: Option<Secret>,
+    /// The proxy's URL without credentials, for the log.
+    pub shown: String,
+    /// `NO_PROXY`'s hosts, domains and address ranges, reached directly.
+    pub no_proxy: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]

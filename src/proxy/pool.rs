@@ -18,6 +18,9 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection, HttpConnector};
 
 use super::resolve::Resolve;
+
+/// TLS over a direct connection or the egress proxy's tunnel.
+pub type Connector = HttpsConnector<crate::egress::Connector<HttpConnector<Resolve>>>;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
@@ -42,7 +45,7 @@ struct Idle {
 }
 
 pub struct Pool {
-    connector: HttpsConnector<HttpConnector<Resolve>>,
+    connector: Connector,
     /// Whether the upstream is expected to pick h2 (https, until it answers otherwise): then
     /// connects are made one at a time, so a burst of requests shares one new connection
     /// instead of each opening its own.
@@ -60,7 +63,7 @@ impl Pool {
     /// Must be called inside the worker's runtime: it starts the task that closes idle
     /// connections.
     pub fn new(
-        connector: HttpsConnector<HttpConnector<Resolve>>,
+        connector: Connector,
         destination: Uri,
         idle_timeout: Duration,
         connect_timeout: Duration,

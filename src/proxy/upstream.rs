@@ -62,19 +62,20 @@ impl Upstream {
         http.set_connect_timeout(Some(config.connect_timeout));
         // A clone can stream for many minutes; TCP keep-alive notices a peer that vanished.
         http.set_keepalive(Some(Duration::from_secs(30)));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            // Plain http is allowed by configuration only for loopback upstreams.
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
         let destination = Uri::builder()
             .scheme(scheme.clone())
             .authority(authority.clone())
             .path_and_query("/")
             .build()
             .expect("scheme and authority were validated with the configuration");
+        let egress = crate::egress::Connector::new(&config.egress, &destination, http);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            // Plain http is allowed by configuration only for loopback upstreams.
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(egress);
         Self {
             pool: Pool::new(
                 connector,

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderValue;
 use serde::Deserialize;
 
+use crate::config::Egress;
+
 /// Longest lifetime accepted: CAE-capable tokens live up to 28 hours; more is nonsense.
 const MAX_LIFETIME: Duration = Duration::from_secs(2 * 24 * 3600);
 
@@ -84,17 +86,14 @@ const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
 /// Never follows redirects (a redirect would carry the secret or assertion to another host),
 /// bounded in time.
-pub fn build(tls: rustls::ClientConfig, through_proxy: bool) -> reqwest::Result<reqwest::Client> {
-    let mut builder = reqwest::Client::builder()
+pub fn build(tls: rustls::ClientConfig, egress: &Egress) -> reqwest::Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(30))
         .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION")));
-    if !through_proxy {
-        builder = builder.no_proxy();
-    }
-    builder.build()
+    crate::egress::reqwest_builder(builder, egress)?.build()
 }
 
 /// A token endpoint's answer, read whole (and bounded), with the instant the request left:

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 use super::{TokenCache, TokenSource, run_refresher};
-use crate::config::{Credential, Identity};
+use crate::config::{Credential, Egress, Identity};
 use crate::telemetry::metrics::Metrics;
 
 struct Live {
@@ -24,10 +24,11 @@ impl Identities {
     pub fn start(
         identities: &[Identity],
         tls: &rustls::ClientConfig,
+        egress: &Egress,
         metrics: &Arc<Metrics>,
     ) -> Result<Identities, String> {
         let mut started = Identities { live: Vec::new() };
-        started.reconcile(identities, tls, metrics)?;
+        started.reconcile(identities, tls, egress, metrics)?;
         Ok(started)
     }
 
@@ -37,12 +38,13 @@ impl Identities {
         &mut self,
         wanted: &[Identity],
         tls: &rustls::ClientConfig,
+        egress: &Egress,
         metrics: &Arc<Metrics>,
     ) -> Result<(), String> {
         let mut sources = Vec::new();
         for identity in wanted {
             if !self.live.iter().any(|live| live.identity == *identity) {
-                sources.push((identity, TokenSource::new(identity, tls)?));
+                sources.push((identity, TokenSource::new(identity, tls, egress)?));
             }
         }
         let mut next = Vec::with_capacity(wanted.len());

@@ -8,7 +8,7 @@
 use super::assertion::{JWT_BEARER, SigningCertificate};
 use super::endpoint::{self, FetchError, IssuedToken, parse_token, refusal};
 use super::{federated, managed};
-use crate::config::{Credential, EntraApp, Identity, Proof, SecretSource};
+use crate::config::{Credential, Egress, EntraApp, Identity, Proof, SecretSource};
 use crate::secret::Secret;
 
 pub struct TokenSource {
@@ -32,14 +32,19 @@ enum SourceKind {
 impl TokenSource {
     /// Checks what can be checked before the first fetch (a certificate that does not load fails
     /// start-up, not the first request).
-    pub fn new(identity: &Identity, tls: &rustls::ClientConfig) -> Result<Self, String> {
-        // Entra ID may need the corporate proxy; IMDS refuses proxied requests, and a plain-http
-        // loopback authority (tests, the sandbox) must not carry the secret through one.
-        let through_proxy = matches!(
-            &identity.credential,
-            Credential::App { app, .. } if app.authority.starts_with("https://")
-        );
-        let http = endpoint::build(tls.clone(), through_proxy).map_err(|e| {
+    pub fn new(
+        identity: &Identity,
+        tls: &rustls::ClientConfig,
+        egress: &Egress,
+    ) -> Result<Self, String> {
+        // Entra ID may need the corporate proxy; IMDS and App Service's endpoint refuse proxied
+        // requests (and `egress` never proxies plain http or loopback anyway).
+        let direct = Egress::default();
+        let egress = match &identity.credential {
+            Credential::App { .. } => egress,
+            Credential::Managed(_) => &direct,
+        };
+        let http = endpoint::build(tls.clone(), egress).map_err(|e| {
             format!(
                 "identities.{}: cannot build the HTTP client: {e}",
                 identity.name

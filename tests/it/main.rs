@@ -10,6 +10,7 @@ mod fakes;
 mod access;
 mod cli;
 mod deploy;
+mod egress;
 mod forwarding;
 mod git;
 mod hardening;

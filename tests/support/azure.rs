@@ -150,6 +150,10 @@ impl FakeAzure {
         let _ = self.key.set(signing_key.to_vec());
     }
 
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// `upstream.resolve` lines that send every fake host name here.
     pub fn resolve_toml(&self) -> String {
         let mut toml = String::from("[upstream.resolve]\n");
