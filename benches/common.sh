@@ -13,7 +13,7 @@ die() {
 TENANT=3f1c2b7a-5d4e-4c8b-9a0f-6e2d1c3b4a59
 CLIENT=8a7b6c5d-4e3f-4a1b-9c8d-7e6f5a4b3c2d
 UPSTREAM_BIN=$ROOT/target/release/examples/bench-upstream
-PROXY_BIN=$ROOT/target/release/ado-auth-proxy
+PROXY_BIN=${PROXY_BIN:-$ROOT/target/release/ado-auth-proxy}
 BARE_BIN=$ROOT/target/release/examples/bench-bare-proxy
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 

@@ -9,7 +9,8 @@
 #
 # Environment (defaults in brackets): TARGETS ["proxy nginx bare"] (bare: benches/bare_proxy.rs,
 # hyper server + client alone, the floor of the proxy's stack), DURATION [10s], CONNECTIONS [8],
-# SKIP_BUILD=1 (use target/release as it is), KEEP_WORK=1 (keep configs, logs and callgrind files),
+# SKIP_BUILD=1 (use target/release as it is), PROXY_BIN (another ado-auth-proxy binary to count,
+# e.g. an older commit's), KEEP_WORK=1 (keep configs, logs and callgrind files),
 # UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT BARE_PORT [28081 28082 28083 28093 28084].
 #
 # Each target runs under `valgrind --tool=callgrind --instr-atstart=no`; instrumentation is on only
