@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError, TlsFiles};
+use crate::issuers::Issuers;
 use crate::proxy::exchange::RequestIds;
 use crate::proxy::snapshot::{SharedSnapshot, Snapshot};
 use crate::server::admin::Admin;
@@ -54,6 +55,7 @@ pub struct App {
     /// The feed rules' GUID lookups, started again with every configuration.
     feeds: Feeds,
     certificates: ListenerCertificates,
+    issuers: Issuers,
 }
 
 impl App {
@@ -96,8 +98,12 @@ impl App {
                 source,
             })?;
         let token_of = |identity: &str| identities.cache(identity);
-        let snapshot =
-            Snapshot::build(&config, bound, &metrics, token_of).map_err(StartError::Credential)?;
+        let mut issuers = Issuers::default();
+        issuers
+            .start_missing(&config, &tls)
+            .map_err(StartError::Credential)?;
+        let snapshot = Snapshot::build(&config, bound, &metrics, token_of, &issuers)
+            .map_err(StartError::Credential)?;
         let feeds = Feeds(
             crate::feeds::spawn_resolvers(&config, &tls, token_of)
                 .map_err(StartError::Credential)?,
@@ -121,6 +127,7 @@ impl App {
             identities,
             feeds,
             certificates,
+            issuers,
         })
     }
 
@@ -222,6 +229,7 @@ impl App {
             identities: self.identities,
             feeds: self.feeds,
             certificates: self.certificates,
+            issuers: self.issuers,
         };
         tokio::pin!(shutdown);
         let mut reloading = true;
@@ -274,6 +282,7 @@ struct Running {
     identities: Identities,
     feeds: Feeds,
     certificates: ListenerCertificates,
+    issuers: Issuers,
 }
 
 impl Running {
@@ -312,8 +321,11 @@ impl Running {
             &self.metrics,
         )?;
         let token_of = |identity: &str| self.identities.cache(identity);
-        let built =
-            Snapshot::build(&config, self.bound, &self.metrics, token_of).and_then(|snapshot| {
+        let issuers = &mut self.issuers;
+        let built = issuers
+            .start_missing(&config, &self.tls)
+            .and_then(|()| Snapshot::build(&config, self.bound, &self.metrics, token_of, issuers))
+            .and_then(|snapshot| {
                 Ok((
                     snapshot,
                     crate::feeds::spawn_resolvers(&config, &self.tls, token_of)?,
@@ -333,6 +345,7 @@ impl Running {
             }
         };
         self.snapshot.store(Arc::new(snapshot));
+        self.issuers.stop_unused(&config);
         for (listener, certificate) in certificates {
             listener.replace(certificate);
         }

@@ -88,8 +88,9 @@ impl Rejection {
                     .into()
             }
             Rejection::Unauthenticated(_) => {
-                "The client key was not recognised. Use the key issued for this client by \
-                 `ado-auth-proxy keys new`; PATs are not accepted."
+                "The client key or token was not recognised. Use the key issued for this client \
+                 by `ado-auth-proxy keys new`, or a token of the issuer, audience and claims \
+                 configured for it; PATs are not accepted."
                     .into()
             }
             Rejection::Forbidden {
@@ -210,19 +211,47 @@ impl Rejection {
     }
 }
 
-/// Why a caller is not authenticated; a metric label.
+/// Why a caller is not authenticated; a metric label. The `Token*` reasons are a keyless
+/// client's OIDC token that was not accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unauthenticated {
     Missing,
     Malformed,
     Unknown,
+    /// Not a JWT, or one whose parts do not decode.
+    TokenMalformed,
+    TokenTooLarge,
+    /// Not RS256, PS256 or ES256 (`none` and symmetric algorithms included), or not the one
+    /// its key is for.
+    TokenAlgorithm,
+    /// No keyless client names its `iss`.
+    TokenIssuer,
+    /// Its `kid` is not among the issuer's keys.
+    TokenKey,
+    TokenSignature,
+    TokenExpired,
+    TokenNotYetValid,
+    /// Not meant for a configured audience.
+    TokenAudience,
+    /// Valid, but no client's claim patterns match it.
+    TokenClaims,
 }
 
 impl Unauthenticated {
-    pub const ALL: [Unauthenticated; 3] = [
+    pub const ALL: [Unauthenticated; 13] = [
         Unauthenticated::Missing,
         Unauthenticated::Malformed,
         Unauthenticated::Unknown,
+        Unauthenticated::TokenMalformed,
+        Unauthenticated::TokenTooLarge,
+        Unauthenticated::TokenAlgorithm,
+        Unauthenticated::TokenIssuer,
+        Unauthenticated::TokenKey,
+        Unauthenticated::TokenSignature,
+        Unauthenticated::TokenExpired,
+        Unauthenticated::TokenNotYetValid,
+        Unauthenticated::TokenAudience,
+        Unauthenticated::TokenClaims,
     ];
 
     pub fn label(self) -> &'static str {
@@ -230,6 +259,16 @@ impl Unauthenticated {
             Unauthenticated::Missing => "missing",
             Unauthenticated::Malformed => "malformed",
             Unauthenticated::Unknown => "unknown",
+            Unauthenticated::TokenMalformed => "token_malformed",
+            Unauthenticated::TokenTooLarge => "token_too_large",
+            Unauthenticated::TokenAlgorithm => "token_algorithm",
+            Unauthenticated::TokenIssuer => "token_issuer",
+            Unauthenticated::TokenKey => "token_key",
+            Unauthenticated::TokenSignature => "token_signature",
+            Unauthenticated::TokenExpired => "token_expired",
+            Unauthenticated::TokenNotYetValid => "token_not_yet_valid",
+            Unauthenticated::TokenAudience => "token_audience",
+            Unauthenticated::TokenClaims => "token_claims",
         }
     }
 }

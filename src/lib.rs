@@ -29,6 +29,7 @@ pub mod config;
 pub mod egress;
 pub mod error;
 pub mod feeds;
+pub mod issuers;
 pub mod keys;
 pub mod policy;
 pub mod proxy;

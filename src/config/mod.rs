@@ -17,9 +17,9 @@ mod validate;
 
 pub use network::Network;
 pub use types::{
-    Admin, AssertionAlgorithm, CertificateFiles, ClientConfig, Credential, Egress, EntraApp,
-    FederatedSource, Identity, Inbound, InboundMode, Listen, ManagedIdentity, ManagedProtocol,
-    Proof, SecretSource, TlsFiles, Upstream,
+    Admin, AssertionAlgorithm, CertificateFiles, ClientConfig, ClientProof, ClientToken,
+    Credential, Egress, EntraApp, FederatedSource, Identity, Inbound, InboundMode, IssuerKeySource,
+    Listen, ManagedIdentity, ManagedProtocol, Proof, SecretSource, TlsFiles, Upstream,
 };
 pub use validate::is_loopback_host;
 

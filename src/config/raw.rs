@@ -41,11 +41,28 @@ pub(super) enum RawMode {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawClient {
     pub(super) name: String,
-    pub(super) key_sha256: String,
+    /// The client proves itself with a key (its SHA-256 here) or with a token (`token`).
+    #[serde(default)]
+    pub(super) key_sha256: Option<String>,
+    #[serde(default)]
+    pub(super) token: Option<RawClientToken>,
     #[serde(default)]
     pub(super) identity: Option<String>,
     #[serde(default)]
     pub(super) allow: Vec<RawRule>,
+}
+
+/// A keyless client: an OIDC token of `issuer` for `audience` whose claims match `claims`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawClientToken {
+    pub(super) issuer: String,
+    pub(super) audience: String,
+    #[serde(default)]
+    pub(super) claims: BTreeMap<String, String>,
+    /// The issuer's keys from a file, for clusters without OIDC discovery.
+    #[serde(default)]
+    pub(super) jwks_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

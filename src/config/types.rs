@@ -8,8 +8,8 @@ use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 
 use super::network::Network;
-use crate::policy::Allowlist;
 use crate::policy::Hosts;
+use crate::policy::{Allowlist, ClaimPattern};
 use crate::secret::Secret;
 
 #[derive(Debug, Clone)]
@@ -32,9 +32,38 @@ pub enum InboundMode {
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     pub name: String,
-    pub key_sha256: [u8; 32],
+    pub proof: ClientProof,
     pub identity: String,
     pub allow: Allowlist,
+}
+
+/// How a client proves who it is.
+#[derive(Debug, Clone)]
+pub enum ClientProof {
+    /// The SHA-256 of its key.
+    Key([u8; 32]),
+    /// An OIDC token (GitHub Actions, Kubernetes, Azure Pipelines, Entra ID).
+    Token(ClientToken),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientToken {
+    /// Compared exactly with the token's `iss`.
+    pub issuer: String,
+    /// Must be among the token's `aud`.
+    pub audience: String,
+    /// Every one must match the claim of that name, a string.
+    pub claims: Vec<(String, ClaimPattern)>,
+    pub keys: IssuerKeySource,
+}
+
+/// Where an issuer's signing keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IssuerKeySource {
+    /// `{issuer}/.well-known/openid-configuration`, then its `jwks_uri`.
+    Discovery,
+    /// A JWKS file, read again when a token names a key it lacks.
+    File(PathBuf),
 }
 
 #[derive(Debug, Clone)]

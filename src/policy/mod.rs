@@ -2,6 +2,7 @@
 //! allowlist rules ([`rules`]) and git's push preflight ([`git`]). Pure functions of the request and the configuration; imports nothing
 //! else of the crate.
 
+pub mod claims;
 pub mod feed;
 mod git;
 pub mod host;
@@ -9,6 +10,7 @@ pub mod path;
 pub mod pattern;
 pub mod rules;
 
+pub use claims::ClaimPattern;
 pub use feed::{Feed, FeedIds};
 pub use host::{HostPattern, Hosts, RequestHost};
 pub use path::{MAX_SEGMENTS, PathError, Segments};

@@ -1,17 +1,23 @@
 //! Who is calling: a client key (Basic password or user name, or Bearer), compared in constant time
-//! against every configured key hash; or, in open mode, anyone on this machine who is not a web
-//! page. Keys are never kept, logged or echoed; only their hashes are compared.
+//! against every configured key hash, or a keyless client's OIDC token in the same places
+//! (see `issuers::verify`); or, in open mode, anyone on this machine who is not a web page. Keys
+//! and tokens are never kept, logged or echoed; only their hashes are compared or remembered.
+
+use std::sync::Arc;
 
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue, header};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::error::{Rejection, Unauthenticated};
+use crate::issuers::IssuerKeys;
+use crate::issuers::verify::{MAX_TOKEN_BYTES, TokenClients, Verdict};
 use crate::keys;
 
-/// Longer `Authorization` values are not keys (a key is 47 characters); refusing them bounds the
-/// work an anonymous caller can cause.
-const MAX_AUTHORIZATION_BYTES: usize = 1024;
+/// Longer `Authorization` values are neither keys (a key is 47 characters) nor tokens (see
+/// `MAX_TOKEN_BYTES`, in Basic's base64 with a user name); refusing them bounds the work an
+/// anonymous caller can cause.
+const MAX_AUTHORIZATION_BYTES: usize = MAX_TOKEN_BYTES * 4 / 3 + 512;
 
 /// Parsed once: looking a header up by `&str` parses the name on every request.
 static SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
@@ -19,24 +25,37 @@ const MAX_KEY_BYTES: usize = 256;
 
 /// Who a request may come from, as configured.
 pub enum Inbound {
-    /// The SHA-256 of each client's key, in the order of the snapshot's clients.
-    Keys { key_hashes: Box<[[u8; 32]]> },
+    /// The SHA-256 of each key client's key with the client's index among the snapshot's
+    /// clients, and the keyless clients.
+    Keys {
+        key_hashes: Box<[([u8; 32], usize)]>,
+        tokens: Option<TokenClients>,
+    },
     /// No key: every local caller acts as the one open-mode client, but only with one of the
     /// listener's own host names, so a DNS-rebinding web page cannot reach it.
     Open { hosts: Box<[HeaderValue]> },
 }
 
-impl Inbound {
+/// Who is calling, or what must happen before that is known.
+pub enum Caller {
     /// The index of the calling client among the snapshot's clients.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<usize, Rejection> {
+    Client(usize),
+    /// A token names a key its issuer has not shown yet: ask again once the keys are fetched.
+    AwaitKeys(Arc<IssuerKeys>),
+}
+
+impl Inbound {
+    /// `patient`: a token naming an unknown key may wait for its issuer's keys (see [`Caller`]).
+    pub fn authenticate(&self, headers: &HeaderMap, patient: bool) -> Result<Caller, Rejection> {
         // Browsers mark cross-site and page-initiated requests; git, curl and the SDKs send
         // neither header. Refused in both modes: a browser may hold a key typed into its prompt.
         if from_browser(headers) {
             return Err(Rejection::BrowserRequest);
         }
         match self {
-            Inbound::Keys { key_hashes } => {
-                find_client(key_hashes, headers).map_err(Rejection::Unauthenticated)
+            Inbound::Keys { key_hashes, tokens } => {
+                find_client(key_hashes, tokens.as_ref(), headers, patient)
+                    .map_err(Rejection::Unauthenticated)
             }
             Inbound::Open { hosts } => {
                 let host = headers.get(header::HOST);
@@ -45,7 +64,7 @@ impl Inbound {
                         .iter()
                         .any(|own| own.as_bytes().eq_ignore_ascii_case(host.as_bytes()))
                 }) {
-                    Ok(0)
+                    Ok(Caller::Client(0))
                 } else {
                     Err(Rejection::ForeignHost)
                 }
@@ -62,33 +81,72 @@ fn from_browser(headers: &HeaderMap) -> bool {
     })
 }
 
-fn find_client(key_hashes: &[[u8; 32]], headers: &HeaderMap) -> Result<usize, Unauthenticated> {
+fn find_client(
+    key_hashes: &[([u8; 32], usize)],
+    tokens: Option<&TokenClients>,
+    headers: &HeaderMap,
+    patient: bool,
+) -> Result<Caller, Unauthenticated> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(Unauthenticated::Missing)?;
     if values.next().is_some() || value.len() > MAX_AUTHORIZATION_BYTES {
         return Err(Unauthenticated::Malformed);
     }
-    let hash =
-        with_presented_key(value.as_bytes(), keys::sha256).ok_or(Unauthenticated::Malformed)?;
-    // One full pass over every client, whatever matches, with constant-time comparisons.
-    let mut found = u32::MAX;
-    for (index, key_sha256) in key_hashes.iter().enumerate() {
-        let index = u32::try_from(index).unwrap_or(u32::MAX);
-        found = u32::conditional_select(&found, &index, key_sha256.ct_eq(&hash));
-    }
-    let found = found as usize;
-    if found < key_hashes.len() {
-        Ok(found)
+    // A token's own limit is checked where it is verified, with a reason of its own.
+    let longest = if tokens.is_some() {
+        MAX_AUTHORIZATION_BYTES
     } else {
-        Err(Unauthenticated::Unknown)
-    }
+        MAX_KEY_BYTES
+    };
+    with_presented_credential(value.as_bytes(), longest, |credential| {
+        if credential.len() <= MAX_KEY_BYTES
+            && let Some(found) = key_client(key_hashes, &keys::sha256(credential))
+        {
+            return Ok(Caller::Client(found));
+        }
+        match tokens {
+            Some(tokens) if looks_like_jwt(credential) => {
+                match tokens.verify(credential, patient) {
+                    Verdict::Client(index) => Ok(Caller::Client(index)),
+                    Verdict::AwaitKeys(keys) => Ok(Caller::AwaitKeys(keys)),
+                    Verdict::Refused(why) => {
+                        // The reason, never the token: the operator's answer to "why 401?".
+                        tracing::info!(reason = why.label(), "client token refused");
+                        Err(why)
+                    }
+                }
+            }
+            _ if credential.len() > MAX_KEY_BYTES => Err(Unauthenticated::Malformed),
+            _ => Err(Unauthenticated::Unknown),
+        }
+    })
+    .ok_or(Unauthenticated::Malformed)?
 }
 
-/// Finds the key in an `Authorization` value and hands it to `use_key`; the decoded credentials
-/// live only for that call.
-fn with_presented_key<T>(value: &[u8], use_key: impl FnOnce(&[u8]) -> T) -> Option<T> {
+/// One full pass over every key client, whatever matches, with constant-time comparisons.
+fn key_client(key_hashes: &[([u8; 32], usize)], hash: &[u8; 32]) -> Option<usize> {
+    let mut found = u32::MAX;
+    for (key_sha256, index) in key_hashes {
+        let index = u32::try_from(*index).unwrap_or(u32::MAX);
+        found = u32::conditional_select(&found, &index, key_sha256.ct_eq(hash));
+    }
+    (found != u32::MAX).then_some(found as usize)
+}
+
+/// Three base64url parts, the first a JSON object (`eyJ`): a client key never looks like this.
+fn looks_like_jwt(credential: &[u8]) -> bool {
+    credential.starts_with(b"eyJ") && credential.iter().filter(|&&b| b == b'.').count() == 2
+}
+
+/// Finds the key (or token) in an `Authorization` value and hands it to `use_key`; the decoded
+/// credentials live only for that call. `longest`: the longest credential looked at.
+fn with_presented_credential<T>(
+    value: &[u8],
+    longest: usize,
+    use_key: impl FnOnce(&[u8]) -> T,
+) -> Option<T> {
     let (scheme, rest) = split_scheme(value)?;
-    let key_of = |key: &[u8]| (!key.is_empty() && key.len() <= MAX_KEY_BYTES).then_some(());
+    let key_of = |key: &[u8]| (!key.is_empty() && key.len() <= longest).then_some(());
     if scheme.eq_ignore_ascii_case(b"bearer") {
         let key = rest.trim_ascii();
         key_of(key)?;
@@ -128,7 +186,7 @@ mod tests {
     }
 
     fn presented(value: &str) -> Option<Vec<u8>> {
-        with_presented_key(value.as_bytes(), <[u8]>::to_vec)
+        with_presented_credential(value.as_bytes(), MAX_KEY_BYTES, <[u8]>::to_vec)
     }
 
     #[test]
@@ -168,6 +226,6 @@ mod tests {
     }
 
     fn presented_bytes(value: &[u8]) -> Option<Vec<u8>> {
-        with_presented_key(value, <[u8]>::to_vec)
+        with_presented_credential(value, MAX_KEY_BYTES, <[u8]>::to_vec)
     }
 }

@@ -29,6 +29,7 @@ use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
+use self::authenticate::Caller;
 use self::body::{ResponseBody, UploadBody};
 use self::exchange::{Exchange, RequestIds};
 use self::forward::{Destination, Forward, Outgoing, Replay};
@@ -39,13 +40,16 @@ use self::rewrite_body::{
 use self::route::Mount;
 use self::snapshot::{SharedSnapshot, Snapshot};
 use self::upstream::{Upstream, Upstreams};
-use crate::error::{Rejection, UpstreamFailure};
+use crate::error::{Rejection, Unauthenticated, UpstreamFailure};
+use crate::issuers::IssuerKeys;
 use crate::policy::{RequestHost, Segments};
 use crate::telemetry::metrics::Metrics;
 use crate::token::TokenCache;
 
 /// A body small enough to keep for a replay arrives within this, or the request is refused.
 const KEPT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a request whose token names a key not yet fetched waits for its issuer.
+const KEY_FETCH_PATIENCE: Duration = Duration::from_secs(5);
 
 /// No usable token: the client is told when to try again.
 fn unavailable(token: &TokenCache) -> Rejection {
@@ -61,6 +65,12 @@ struct Admitted {
     rule: usize,
     /// The request came under `/_host/{name}`: the host and what to send it.
     mount: Option<Mount>,
+}
+
+enum Admission {
+    Admitted(Admitted),
+    /// A keyless client's token names a key its issuer has not shown yet.
+    AwaitKeys(Arc<IssuerKeys>),
 }
 
 /// Why a request is answered by the proxy itself, and the client when it was known by then (a
@@ -87,6 +97,8 @@ enum Start {
     /// A small body is to be read whole (for a replay) before the request can go.
     ReadBody(Option<(Destination, http::request::Parts, Incoming)>),
     Rejected(Option<Rejection>),
+    /// Admission waits for an issuer's keys, then runs again.
+    AwaitKeys(Option<(Arc<IssuerKeys>, Request<Incoming>)>),
 }
 
 enum Upload {
@@ -156,22 +168,15 @@ impl Proxy {
             request.uri().clone(),
         ));
         let public_url = self.public_url(exchange.snapshot(), request.headers());
-        let mut start = match admit(exchange.snapshot(), &request) {
-            Ok(Admitted {
-                client,
-                rule,
-                mount,
-            }) => {
-                exchange.record_admission(Some(client), Some(rule));
-                let token = exchange.snapshot().clients[client].token.clone();
-                self.start(token, mount, request, &mut exchange)
-            }
-            Err(Refused { client, rejection }) => {
-                exchange.record_admission(client, None);
-                Start::Rejected(Some(rejection))
-            }
-        };
+        let mut start = self.begin(request, &mut exchange, true);
         async move {
+            if let Start::AwaitKeys(waiting) = &mut start
+                && let Some((keys, request)) = waiting.take()
+            {
+                // Boxed: a token naming a key not yet fetched is rare.
+                Box::pin(keys.refreshed(KEY_FETCH_PATIENCE)).await;
+                start = self.begin(request, &mut exchange, false);
+            }
             // Matched in place, not by value: a binding by value would be a second copy of the
             // request in the future. The `Option`s are taken once (this block runs once), so
             // their `None` arms cannot happen.
@@ -188,6 +193,8 @@ impl Proxy {
                 Start::Rejected(rejection) => Err(rejection
                     .take()
                     .unwrap_or(Rejection::BadRequest("request rejected"))),
+                // Replaced above: the second admission is never patient.
+                Start::AwaitKeys(_) => Err(Rejection::Unauthenticated(Unauthenticated::TokenKey)),
             };
             let result = match result {
                 Ok(response) => match self.outbound(response, &exchange, public_url) {
@@ -308,6 +315,28 @@ impl Proxy {
             .headers_mut()
             .insert(REQUEST_ID.clone(), request_id);
         response
+    }
+
+    /// Admission, and what follows from it. `patient`: see [`Inbound::authenticate`].
+    ///
+    /// [`Inbound::authenticate`]: authenticate::Inbound::authenticate
+    fn begin(&self, request: Request<Incoming>, exchange: &mut Exchange, patient: bool) -> Start {
+        match admit(exchange.snapshot(), &request, patient) {
+            Ok(Admission::Admitted(Admitted {
+                client,
+                rule,
+                mount,
+            })) => {
+                exchange.record_admission(Some(client), Some(rule));
+                let token = exchange.snapshot().clients[client].token.clone();
+                self.start(token, mount, request, exchange)
+            }
+            Ok(Admission::AwaitKeys(keys)) => Start::AwaitKeys(Some((keys, request))),
+            Err(Refused { client, rejection }) => {
+                exchange.record_admission(client, None);
+                Start::Rejected(Some(rejection))
+            }
+        }
     }
 
     /// Unless a small body must be read first, rewrites an admitted request for Azure DevOps.
@@ -455,9 +484,16 @@ impl Proxy {
 /// Who is calling, and which of their rules allows this call. Not async, and before the request's
 /// future exists: the parsed path (kept on the stack) must not become part of every request's
 /// future.
-fn admit(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<Admitted, Refused> {
+fn admit(
+    snapshot: &Snapshot,
+    request: &Request<Incoming>,
+    patient: bool,
+) -> Result<Admission, Refused> {
     target::check(request)?;
-    let client = snapshot.inbound.authenticate(request.headers())?;
+    let client = match snapshot.inbound.authenticate(request.headers(), patient)? {
+        Caller::Client(client) => client,
+        Caller::AwaitKeys(keys) => return Ok(Admission::AwaitKeys(keys)),
+    };
     let refused = |rejection| Refused {
         client: Some(client),
         rejection,
@@ -485,9 +521,9 @@ fn admit(snapshot: &Snapshot, request: &Request<Incoming>) -> Result<Admitted, R
             "The request target is not a valid path",
         ))
     })?;
-    Ok(Admitted {
+    Ok(Admission::Admitted(Admitted {
         client,
         rule,
         mount,
-    })
+    }))
 }

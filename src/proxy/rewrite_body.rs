@@ -307,6 +307,7 @@ mod tests {
             "127.0.0.1:8080".parse().expect("addr"),
             &metrics,
             |_| Some(token.clone()),
+            &crate::issuers::Issuers::default(),
         )
         .expect("snapshot");
         let body = http_body_util::Full::new(Bytes::from(encoded));

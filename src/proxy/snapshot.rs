@@ -12,7 +12,9 @@ use http::HeaderValue;
 use super::authenticate::Inbound;
 use super::rewrite::UrlMap;
 use super::route::Served;
-use crate::config::{Config, DEFAULT_IDENTITY, InboundMode, Network};
+use crate::config::{ClientProof, Config, DEFAULT_IDENTITY, InboundMode, Network};
+use crate::issuers::Issuers;
+use crate::issuers::verify::{TokenClient, TokenClients};
 use crate::policy::Allowlist;
 use crate::telemetry::ClientTelemetry;
 use crate::telemetry::metrics::Metrics;
@@ -47,12 +49,14 @@ pub struct Client {
 
 impl Snapshot {
     /// `listener`: the proxy listener's bound address, whose names open mode accepts in `Host`.
-    /// `token_of`: the cache of a configured identity.
+    /// `token_of`: the cache of a configured identity. `issuers`: the keys of the issuers
+    /// keyless clients name.
     pub fn build(
         config: &Config,
         listener: SocketAddr,
         metrics: &Metrics,
         token_of: impl Fn(&str) -> Option<Arc<TokenCache>>,
+        issuers: &Issuers,
     ) -> Result<Snapshot, String> {
         // Validation guarantees every named identity exists; a cache without a refresher would
         // only ever answer 503.
@@ -62,17 +66,30 @@ impl Snapshot {
         let (inbound, clients) = match &config.inbound.mode {
             InboundMode::Keys => {
                 let mut key_hashes = Vec::with_capacity(config.clients.len());
+                let mut token_clients = Vec::new();
                 let mut clients = Vec::with_capacity(config.clients.len());
-                for client in &config.clients {
-                    key_hashes.push(client.key_sha256);
+                for (index, client) in config.clients.iter().enumerate() {
+                    match &client.proof {
+                        ClientProof::Key(hash) => key_hashes.push((*hash, index)),
+                        ClientProof::Token(rule) => token_clients.push(TokenClient {
+                            index,
+                            rule: rule.clone(),
+                            keys: issuers.keys(&rule.issuer, &rule.keys).ok_or_else(|| {
+                                format!("the keys of issuer {} are not being fetched", rule.issuer)
+                            })?,
+                        }),
+                    }
                     clients.push(Client {
                         name: client.name.as_str().into(),
                         allow: client.allow.clone(),
                         token: token(&client.identity)?,
                     });
                 }
-                let key_hashes = key_hashes.into_boxed_slice();
-                (Inbound::Keys { key_hashes }, clients)
+                let inbound = Inbound::Keys {
+                    key_hashes: key_hashes.into_boxed_slice(),
+                    tokens: (!token_clients.is_empty()).then(|| TokenClients::new(token_clients)),
+                };
+                (inbound, clients)
             }
             InboundMode::Open { allow } => {
                 let hosts = own_host_names(listener, &config.inbound.allowed_hosts);

@@ -17,6 +17,7 @@ mod hardening;
 mod harness;
 mod hosts;
 mod identities;
+mod keyless;
 mod layout;
 mod streaming;
 mod tls_listener;

@@ -13,6 +13,7 @@ pub mod devops;
 pub mod entra;
 pub mod fixtures;
 pub mod jwt;
+pub mod oidc;
 pub mod tls_upstream;
 
 use std::convert::Infallible;

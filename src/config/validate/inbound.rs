@@ -1,10 +1,13 @@
 use http::HeaderValue;
 
 use super::Validator;
-use crate::config::raw::{RawClient, RawInbound, RawMode, RawRule};
-use crate::config::{ClientConfig, ConfigError, DEFAULT_IDENTITY, Identity, Inbound, InboundMode};
+use crate::config::raw::{RawClient, RawClientToken, RawInbound, RawMode, RawRule};
+use crate::config::{
+    ClientConfig, ClientProof, ClientToken, ConfigError, DEFAULT_IDENTITY, Identity, Inbound,
+    InboundMode, IssuerKeySource,
+};
 use crate::keys;
-use crate::policy::{Allowlist, Feed, HostPattern, PatternError, Rule};
+use crate::policy::{Allowlist, ClaimPattern, Feed, HostPattern, PatternError, Rule};
 
 impl Validator<'_> {
     fn rules(&self, key: &str, raw: Vec<RawRule>) -> Result<Allowlist, ConfigError> {
@@ -97,21 +100,36 @@ impl Validator<'_> {
                     format!("`{}` is used by two clients", client.name),
                 ));
             }
-            let hash = keys::parse_sha256_hex(&client.key_sha256).ok_or_else(|| {
-                self.error(
-                    &key("key_sha256"),
-                    "must be the 64 hex digits printed by `ado-auth-proxy keys new` (the key's SHA-256, never the key)",
-                )
-            })?;
-            if let Some(other) = clients.iter().find(|c| c.key_sha256 == hash) {
-                return Err(self.error(
-                    &key("key_sha256"),
-                    format!(
-                        "is the same key as client `{}`; every client needs its own key",
-                        other.name
-                    ),
-                ));
-            }
+            let proof = match (client.key_sha256, client.token) {
+                (Some(hash), None) => {
+                    let hash = keys::parse_sha256_hex(&hash).ok_or_else(|| {
+                        self.error(
+                            &key("key_sha256"),
+                            "must be the 64 hex digits printed by `ado-auth-proxy keys new` (the key's SHA-256, never the key)",
+                        )
+                    })?;
+                    if let Some(other) = clients
+                        .iter()
+                        .find(|c| matches!(c.proof, ClientProof::Key(h) if h == hash))
+                    {
+                        return Err(self.error(
+                            &key("key_sha256"),
+                            format!(
+                                "is the same key as client `{}`; every client needs its own key",
+                                other.name
+                            ),
+                        ));
+                    }
+                    ClientProof::Key(hash)
+                }
+                (None, Some(token)) => ClientProof::Token(self.client_token(&key("token"), token)?),
+                _ => {
+                    return Err(self.error(
+                        &key("key_sha256"),
+                        "give exactly one of key_sha256 (a client key) and token (an OIDC token)",
+                    ));
+                }
+            };
             let identity = client
                 .identity
                 .unwrap_or_else(|| DEFAULT_IDENTITY.to_string());
@@ -126,11 +144,63 @@ impl Validator<'_> {
             let allow = self.rules(&key("allow"), client.allow)?;
             clients.push(ClientConfig {
                 name: client.name,
-                key_sha256: hash,
+                proof,
                 identity,
                 allow,
             });
         }
         Ok(clients)
+    }
+
+    fn client_token(&self, key: &str, raw: RawClientToken) -> Result<ClientToken, ConfigError> {
+        let issuer_key = format!("{key}.issuer");
+        let issuer = self.http_url(&issuer_key, &raw.issuer)?;
+        if issuer.query().is_some() || raw.issuer.contains(['#', '@']) {
+            return Err(self.error(
+                &issuer_key,
+                "must be the issuer URL exactly as tokens name it in `iss`",
+            ));
+        }
+        if raw.audience.is_empty() {
+            return Err(self.error(
+                &format!("{key}.audience"),
+                "is required: a token meant for another service must not be accepted here",
+            ));
+        }
+        let mut claims = Vec::with_capacity(raw.claims.len());
+        for (name, pattern) in raw.claims {
+            if matches!(name.as_str(), "iss" | "aud" | "exp" | "nbf" | "iat") {
+                return Err(self.error(
+                    &format!("{key}.claims.{name}"),
+                    "is checked by the proxy itself (issuer, audience, lifetime); match other claims here",
+                ));
+            }
+            let compiled = ClaimPattern::compile(&pattern)
+                .map_err(|e| self.error(&format!("{key}.claims.{name}"), e))?;
+            claims.push((name, compiled));
+        }
+        if claims.is_empty() {
+            return Err(self.error(
+                &format!("{key}.claims"),
+                "name at least one claim (usually `sub`): without one, every token the issuer \
+                 mints for this audience would be this client",
+            ));
+        }
+        let keys = match raw.jwks_file {
+            Some(file) if !file.is_file() => {
+                return Err(self.error(
+                    &format!("{key}.jwks_file"),
+                    format!("{} does not exist or is not a file", file.display()),
+                ));
+            }
+            Some(file) => IssuerKeySource::File(file),
+            None => IssuerKeySource::Discovery,
+        };
+        Ok(ClientToken {
+            issuer: raw.issuer,
+            audience: raw.audience,
+            claims,
+            keys,
+        })
     }
 }
