@@ -109,12 +109,7 @@ impl App {
                 .map_err(StartError::Credential)?,
         );
         metrics.set_config(&fingerprint(&config));
-        let warning = config.inbound.open_beyond_loopback.then(|| {
-            format!(
-                "open mode on non-loopback address {}: anyone who reaches it acts as the service principal",
-                config.listen.address
-            )
-        });
+        let warning = standing_warning(&config);
         let admin = Arc::new(Admin::new(metrics.clone(), identities.caches(), warning));
         Ok(App {
             config,
@@ -265,6 +260,39 @@ impl Drop for Feeds {
     }
 }
 
+/// What `/readyz` keeps saying while the configuration is in force, also logged when it takes
+/// effect: open mode beyond loopback, and learn mode, which does not enforce rules.
+fn standing_warning(config: &Config) -> Option<String> {
+    let mut warnings = Vec::new();
+    if config.inbound.open_beyond_loopback {
+        warnings.push(format!(
+            "open mode on non-loopback address {}: anyone who reaches it acts as the service principal",
+            config.listen.address
+        ));
+    }
+    let mut learning: Vec<&str> = config
+        .clients
+        .iter()
+        .filter(|client| client.learn)
+        .map(|client| client.name.as_str())
+        .collect();
+    if config.inbound.learn
+        && matches!(config.inbound.mode, crate::config::InboundMode::Open { .. })
+    {
+        learning.push(crate::proxy::snapshot::OPEN_CLIENT);
+    }
+    if !learning.is_empty() {
+        let warning = format!(
+            "learn mode: the rules of {} are not enforced; calls they would refuse are forwarded \
+             and logged as learn=would_deny",
+            learning.join(", ")
+        );
+        tracing::warn!("{warning}");
+        warnings.push(warning);
+    }
+    (!warnings.is_empty()).then(|| warnings.join("; "))
+}
+
 /// A hash of the configuration in force, secrets left out (they print as placeholders).
 fn fingerprint(config: &Config) -> String {
     let hex = crate::keys::to_hex(&crate::keys::sha256(format!("{config:?}").as_bytes()));
@@ -351,6 +379,7 @@ impl Running {
         }
         self.feeds = Feeds(feeds);
         self.admin.set_tokens(self.identities.caches());
+        self.admin.set_warning(standing_warning(&config));
         self.metrics.set_config(&fingerprint(&config));
         self.config = config;
         Ok(())

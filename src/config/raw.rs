@@ -27,6 +27,8 @@ pub(super) struct RawInbound {
     pub(super) allow_open_on_non_loopback: bool,
     pub(super) allowed_hosts: Vec<String>,
     pub(super) allow: Vec<RawRule>,
+    /// Open mode: forward what `allow` would refuse, and log it (see `RawClient::learn`).
+    pub(super) learn: bool,
 }
 
 #[derive(Deserialize, Default, PartialEq, Eq)]
@@ -50,6 +52,10 @@ pub(super) struct RawClient {
     pub(super) identity: Option<String>,
     #[serde(default)]
     pub(super) allow: Vec<RawRule>,
+    /// Learn mode: requests `allow` would refuse are forwarded anyway and logged as
+    /// `would_deny`, to find out which calls a legacy tool makes.
+    #[serde(default)]
+    pub(super) learn: bool,
 }
 
 /// A keyless client: an OIDC token of `issuer` for `audience` whose claims match `claims`.

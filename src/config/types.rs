@@ -19,6 +19,8 @@ pub struct Inbound {
     pub allowed_hosts: Vec<String>,
     /// Open mode on a non-loopback address, explicitly allowed: warn loudly.
     pub open_beyond_loopback: bool,
+    /// Open mode in learn mode (see [`ClientConfig::learn`]).
+    pub learn: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +37,8 @@ pub struct ClientConfig {
     pub proof: ClientProof,
     pub identity: String,
     pub allow: Allowlist,
+    /// Requests `allow` would refuse are forwarded anyway and logged as `would_deny`.
+    pub learn: bool,
 }
 
 /// How a client proves who it is.

@@ -46,7 +46,14 @@ pub enum Caller {
 
 impl Inbound {
     /// `patient`: a token naming an unknown key may wait for its issuer's keys (see [`Caller`]).
-    pub fn authenticate(&self, headers: &HeaderMap, patient: bool) -> Result<Caller, Rejection> {
+    /// `pat` is set when the credential looks like an Azure DevOps PAT, accepted or not: teams
+    /// retiring PATs count which tools still send one (never what it is).
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        patient: bool,
+        pat: &mut bool,
+    ) -> Result<Caller, Rejection> {
         // Browsers mark cross-site and page-initiated requests; git, curl and the SDKs send
         // neither header. Refused in both modes: a browser may hold a key typed into its prompt.
         if from_browser(headers) {
@@ -54,7 +61,7 @@ impl Inbound {
         }
         match self {
             Inbound::Keys { key_hashes, tokens } => {
-                find_client(key_hashes, tokens.as_ref(), headers, patient)
+                find_client(key_hashes, tokens.as_ref(), headers, patient, pat)
                     .map_err(Rejection::Unauthenticated)
             }
             Inbound::Open { hosts } => {
@@ -86,6 +93,7 @@ fn find_client(
     tokens: Option<&TokenClients>,
     headers: &HeaderMap,
     patient: bool,
+    pat: &mut bool,
 ) -> Result<Caller, Unauthenticated> {
     let mut values = headers.get_all(header::AUTHORIZATION).iter();
     let value = values.next().ok_or(Unauthenticated::Missing)?;
@@ -99,6 +107,7 @@ fn find_client(
         MAX_KEY_BYTES
     };
     with_presented_credential(value.as_bytes(), longest, |credential| {
+        *pat = looks_like_pat(credential);
         if credential.len() <= MAX_KEY_BYTES
             && let Some(found) = key_client(key_hashes, &keys::sha256(credential))
         {
@@ -131,6 +140,18 @@ fn key_client(key_hashes: &[([u8; 32], usize)], hash: &[u8; 32]) -> Option<usize
         found = u32::conditional_select(&found, &index, key_sha256.ct_eq(hash));
     }
     (found != u32::MAX).then_some(found as usize)
+}
+
+/// Azure DevOps' PAT shapes: 84 characters with the fixed signature `AZDO` at 76..80 (since
+/// 2024), or 52 characters of lower-case base32 (before).
+fn looks_like_pat(credential: &[u8]) -> bool {
+    match credential.len() {
+        84 => &credential[76..80] == b"AZDO" && credential.iter().all(u8::is_ascii_alphanumeric),
+        52 => credential
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)),
+        _ => false,
+    }
 }
 
 /// Three base64url parts, the first a JSON object (`eyJ`): a client key never looks like this.
@@ -177,6 +198,29 @@ fn split_scheme(value: &[u8]) -> Option<(&[u8], &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pat_shapes_are_recognised_and_nothing_else() {
+        let new = format!(
+            "{}JQQJ99BASE{}AZDO{}",
+            "a".repeat(52),
+            "b".repeat(14),
+            "3xYz"
+        );
+        assert_eq!(new.len(), 84);
+        assert!(looks_like_pat(new.as_bytes()));
+        assert!(looks_like_pat(
+            "abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrst".as_bytes()
+        ));
+        for other in [
+            new.replace("AZDO", "AZDX"),
+            "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567ABCDEFGHIJKLMNOPQRST".into(),
+            "abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrs1".into(),
+            "aap_a-client-key-of-forty-seven-characters-0123".into(),
+        ] {
+            assert!(!looks_like_pat(other.as_bytes()), "{other}");
+        }
+    }
 
     fn basic(credentials: &str) -> String {
         format!(

@@ -169,6 +169,10 @@ pub struct Exchange {
     rule: Option<usize>,
     /// Sent a second time with a renewed token after Azure DevOps refused the first.
     replayed: bool,
+    /// Forwarded in learn mode although no rule admitted it.
+    would_deny: bool,
+    /// The credential looked like an Azure DevOps PAT.
+    presented_pat: bool,
 }
 
 impl Exchange {
@@ -198,6 +202,8 @@ impl Exchange {
             client: None,
             rule: None,
             replayed: false,
+            would_deny: false,
+            presented_pat: false,
         }
     }
 
@@ -224,6 +230,15 @@ impl Exchange {
     pub fn record_admission(&mut self, client: Option<usize>, rule: Option<usize>) {
         self.client = client;
         self.rule = rule;
+    }
+
+    /// Forwarded in learn mode although no rule admitted it.
+    pub fn set_would_deny(&mut self) {
+        self.would_deny = true;
+    }
+
+    pub fn set_presented_pat(&mut self) {
+        self.presented_pat = true;
     }
 
     /// A request no rule admitted, counted against its client.
@@ -276,9 +291,14 @@ impl Drop for Exchange {
         // 499 (nginx's "client closed request") when no response was ever produced.
         let status = self.status.unwrap_or(499);
         let client = self.client.and_then(|c| self.snapshot.telemetry.get(c));
-        client
-            .map_or(&metrics.anonymous, |c| &c.metrics)
-            .count_request(&self.method, status);
+        let client_metrics = client.map_or(&metrics.anonymous, |c| &c.metrics);
+        client_metrics.count_request(&self.method, status);
+        if self.would_deny {
+            client_metrics.would_deny.inc();
+        }
+        if self.presented_pat {
+            client_metrics.pat_credentials.inc();
+        }
         metrics.request_duration.observe(elapsed.as_secs_f64());
         let rule = client
             .zip(self.rule)
@@ -299,6 +319,7 @@ impl Drop for Exchange {
                 .map(|t| u64::try_from(t.as_micros()).unwrap_or(u64::MAX)),
             outcome: self.outcome.as_str(),
             replayed: self.replayed,
+            would_deny: self.would_deny,
         });
     }
 }

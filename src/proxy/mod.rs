@@ -62,7 +62,8 @@ fn unavailable(token: &TokenCache) -> Rejection {
 /// call.
 struct Admitted {
     client: usize,
-    rule: usize,
+    /// `None`: no rule admits the call, but the client is in learn mode.
+    rule: Option<usize>,
     /// The request came under `/_host/{name}`: the host and what to send it.
     mount: Option<Mount>,
 }
@@ -321,13 +322,21 @@ impl Proxy {
     ///
     /// [`Inbound::authenticate`]: authenticate::Inbound::authenticate
     fn begin(&self, request: Request<Incoming>, exchange: &mut Exchange, patient: bool) -> Start {
-        match admit(exchange.snapshot(), &request, patient) {
+        let mut pat = false;
+        let admission = admit(exchange.snapshot(), &request, patient, &mut pat);
+        if pat {
+            exchange.set_presented_pat();
+        }
+        match admission {
             Ok(Admission::Admitted(Admitted {
                 client,
                 rule,
                 mount,
             })) => {
-                exchange.record_admission(Some(client), Some(rule));
+                exchange.record_admission(Some(client), rule);
+                if rule.is_none() {
+                    exchange.set_would_deny();
+                }
                 let token = exchange.snapshot().clients[client].token.clone();
                 self.start(token, mount, request, exchange)
             }
@@ -488,9 +497,13 @@ fn admit(
     snapshot: &Snapshot,
     request: &Request<Incoming>,
     patient: bool,
+    pat: &mut bool,
 ) -> Result<Admission, Refused> {
     target::check(request)?;
-    let client = match snapshot.inbound.authenticate(request.headers(), patient)? {
+    let client = match snapshot
+        .inbound
+        .authenticate(request.headers(), patient, pat)?
+    {
         Caller::Client(client) => client,
         Caller::AwaitKeys(keys) => return Ok(Admission::AwaitKeys(keys)),
     };
@@ -507,15 +520,17 @@ fn admit(
         name: route.host.unwrap_or_default(),
         is_default: route.host.is_none(),
     };
-    let rule = allow
-        .judge_on(host, request.method(), &path, uri.query())
-        .ok_or_else(|| {
-            refused(Rejection::Forbidden {
+    let rule = match allow.judge_on(host, request.method(), &path, uri.query()) {
+        Some(rule) => Some(rule),
+        None if snapshot.clients[client].learn => None,
+        None => {
+            return Err(refused(Rejection::Forbidden {
                 client: snapshot.clients[client].name.clone(),
                 method: request.method().clone(),
                 path: uri.path().to_string(),
-            })
-        })?;
+            }));
+        }
+    };
     let mount = route.mount(uri.query()).map_err(|_| {
         refused(Rejection::BadRequest(
             "The request target is not a valid path",

@@ -45,6 +45,8 @@ pub struct Client {
     pub name: Arc<str>,
     pub allow: Allowlist,
     pub token: Arc<TokenCache>,
+    /// Learn mode: what `allow` refuses is forwarded and logged as `would_deny`.
+    pub learn: bool,
 }
 
 impl Snapshot {
@@ -83,6 +85,7 @@ impl Snapshot {
                         name: client.name.as_str().into(),
                         allow: client.allow.clone(),
                         token: token(&client.identity)?,
+                        learn: client.learn,
                     });
                 }
                 let inbound = Inbound::Keys {
@@ -97,13 +100,17 @@ impl Snapshot {
                     name: OPEN_CLIENT.into(),
                     allow: allow.clone(),
                     token: token(DEFAULT_IDENTITY)?,
+                    learn: config.inbound.learn,
                 };
                 (Inbound::Open { hosts }, vec![client])
             }
         };
         let telemetry = clients
             .iter()
-            .map(|client| ClientTelemetry::new(metrics, &client.name, client.allow.rules()))
+            .map(|client| {
+                metrics.set_learning(&client.name, client.learn);
+                ClientTelemetry::new(metrics, &client.name, client.allow.rules())
+            })
             .collect();
         Ok(Snapshot {
             inbound,

@@ -26,8 +26,9 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     /// Swapped whole by a reload.
     tokens: arc_swap::ArcSwap<Vec<Arc<TokenCache>>>,
-    /// A standing configuration warning shown in `/readyz` (open mode beyond loopback).
-    warning: Option<String>,
+    /// A standing configuration warning shown in `/readyz` (open mode beyond loopback, learn
+    /// mode); a reload replaces it.
+    warning: arc_swap::ArcSwapOption<String>,
 }
 
 impl Admin {
@@ -39,8 +40,12 @@ impl Admin {
         Self {
             metrics,
             tokens: arc_swap::ArcSwap::from_pointee(tokens),
-            warning,
+            warning: arc_swap::ArcSwapOption::from(warning.map(Arc::new)),
         }
+    }
+
+    pub fn set_warning(&self, warning: Option<String>) {
+        self.warning.store(warning.map(Arc::new));
     }
 
     /// The identities' token caches after a reload.
@@ -131,7 +136,7 @@ impl Admin {
             "ready": ready,
             "reason": if ready { "every identity holds a valid token" } else { "waiting for a valid Entra ID token; see last_error" },
             "identities": identities,
-            "warning": self.warning,
+            "warning": self.warning.load().as_deref(),
         });
         respond(
             if ready {

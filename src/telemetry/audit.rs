@@ -41,6 +41,8 @@ pub struct AuditLine<'a> {
     pub outcome: &'static str,
     /// Sent again with a renewed token after Azure DevOps refused the first.
     pub replayed: bool,
+    /// Forwarded in learn mode although no rule admitted it: `learn=would_deny`.
+    pub would_deny: bool,
 }
 
 impl AuditLine<'_> {
@@ -64,6 +66,9 @@ impl AuditLine<'_> {
         format.plain_field(out, key!("outcome"), self.outcome)?;
         if self.replayed {
             format.bool_field(out, key!("replayed"), true)?;
+        }
+        if self.would_deny {
+            format.plain_field(out, key!("learn"), "would_deny")?;
         }
         Ok(())
     }
@@ -158,6 +163,7 @@ mod tests {
             upstream_us,
             outcome: "complete",
             replayed,
+            would_deny: false,
         }
     }
 

@@ -26,6 +26,10 @@ const LATENCY_BUCKETS: &[f64] = &[
 pub struct ClientMetrics {
     requests: [[IntCounter; STATUS_CLASSES.len()]; METHODS.len()],
     pub denied: IntCounter,
+    /// Forwarded in learn mode although no rule admitted them.
+    pub would_deny: IntCounter,
+    /// Requests whose credential looks like an Azure DevOps PAT.
+    pub pat_credentials: IntCounter,
 }
 
 impl ClientMetrics {
@@ -64,6 +68,9 @@ pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     denied: IntCounterVec,
+    would_deny: IntCounterVec,
+    pat_credentials: IntCounterVec,
+    learn_mode: IntGaugeVec,
     /// Requests refused before a client was known.
     pub anonymous: ClientMetrics,
     unauthenticated: [IntCounter; Unauthenticated::ALL.len()],
@@ -109,6 +116,36 @@ impl Metrics {
                 opts(
                     "denied_requests_total",
                     "Requests no allowlist rule admitted (403), by client.",
+                ),
+                &["client"],
+            ),
+        );
+        let would_deny = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "would_deny_requests_total",
+                    "Requests a client in learn mode made that its rules would refuse (forwarded anyway), by client.",
+                ),
+                &["client"],
+            ),
+        );
+        let pat_credentials = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "pat_credentials_total",
+                    "Requests whose credential looks like an Azure DevOps PAT, by client (- when none was recognised).",
+                ),
+                &["client"],
+            ),
+        );
+        let learn_mode = register(
+            &registry,
+            IntGaugeVec::new(
+                opts(
+                    "learn_mode",
+                    "1 for a client in learn mode: its rules are not enforced, only logged.",
                 ),
                 &["client"],
             ),
@@ -321,11 +358,15 @@ impl Metrics {
                 &["sha256"],
             ),
         );
-        let anonymous = client_metrics(&requests, &denied, NO_CLIENT);
+        let anonymous =
+            client_metrics(&requests, &denied, &would_deny, &pat_credentials, NO_CLIENT);
         Self {
             registry,
             requests,
             denied,
+            would_deny,
+            pat_credentials,
+            learn_mode,
             anonymous,
             unauthenticated,
             request_duration,
@@ -354,7 +395,20 @@ impl Metrics {
 
     /// The counters of one configured client (names are bounded by the configuration).
     pub fn client(&self, name: &str) -> ClientMetrics {
-        client_metrics(&self.requests, &self.denied, name)
+        client_metrics(
+            &self.requests,
+            &self.denied,
+            &self.would_deny,
+            &self.pat_credentials,
+            name,
+        )
+    }
+
+    /// Shows whether a client is in learn mode (a reload may turn it off: 0, not absent).
+    pub fn set_learning(&self, client: &str, learning: bool) {
+        self.learn_mode
+            .with_label_values(&[client])
+            .set(i64::from(learning));
     }
 
     pub fn count_unauthenticated(&self, reason: Unauthenticated) {
@@ -468,12 +522,20 @@ impl Default for Metrics {
     }
 }
 
-fn client_metrics(requests: &IntCounterVec, denied: &IntCounterVec, client: &str) -> ClientMetrics {
+fn client_metrics(
+    requests: &IntCounterVec,
+    denied: &IntCounterVec,
+    would_deny: &IntCounterVec,
+    pat_credentials: &IntCounterVec,
+    client: &str,
+) -> ClientMetrics {
     ClientMetrics {
         requests: METHODS.map(|method| {
             STATUS_CLASSES.map(|class| requests.with_label_values(&[client, method, class]))
         }),
         denied: denied.with_label_values(&[client]),
+        would_deny: would_deny.with_label_values(&[client]),
+        pat_credentials: pat_credentials.with_label_values(&[client]),
     }
 }
 

@@ -19,6 +19,7 @@ mod hosts;
 mod identities;
 mod keyless;
 mod layout;
+mod learn;
 mod streaming;
 mod tls_listener;
 mod tokens;

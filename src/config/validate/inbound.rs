@@ -47,6 +47,12 @@ impl Validator<'_> {
                         "applies to open mode only; in keys mode each client has its own allow list",
                     ));
                 }
+                if raw.learn {
+                    return Err(self.error(
+                        "inbound.learn",
+                        "applies to open mode only; in keys mode set learn = true on a [[clients]] entry",
+                    ));
+                }
                 InboundMode::Keys
             }
             RawMode::Open => {
@@ -77,6 +83,7 @@ impl Validator<'_> {
             mode,
             allowed_hosts,
             open_beyond_loopback: raw.allow_open_on_non_loopback,
+            learn: raw.learn,
         })
     }
 
@@ -143,6 +150,7 @@ impl Validator<'_> {
             }
             let allow = self.rules(&key("allow"), client.allow)?;
             clients.push(ClientConfig {
+                learn: client.learn,
                 name: client.name,
                 proof,
                 identity,
