@@ -42,6 +42,16 @@ pub fn parse_sha256_hex(text: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The `[[clients]]` lines that admit the key whose SHA-256 is `hash`, to paste into the
+/// configuration: `keys new` and `keys hash` print the same entry.
+pub fn client_entry(name: &str, hash: &[u8; 32]) -> String {
+    format!(
+        "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nidentity = \"default\"\nallow = [\n  \
+         # {{ methods = [\"GET\", \"POST\"], path = \"/contoso/web/_git/web/**\" }},\n]",
+        to_hex(hash)
+    )
+}
+
 /// A client name as it appears in configs, logs and metric labels.
 pub fn valid_client_name(name: &str) -> bool {
     !name.is_empty()

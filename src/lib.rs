@@ -15,7 +15,7 @@
 //! Layers, each importing only those below it:
 //!
 //! - [`app`]: the composition root; [`server`]: listeners, workers, drain, admin endpoints;
-//!   [`check`]: the `check` command.
+//!   [`check`]: the `check` command; [`suggest`]: `rules suggest`, allow rules from audit lines.
 //! - [`proxy`]: the request stages, in the order above.
 //! - [`token`]: token caches, their refreshers and one source per credential kind; [`feeds`]:
 //!   the GUIDs of the feeds rules name, learned with a token.
@@ -36,6 +36,7 @@ pub mod proxy;
 pub mod reload;
 pub mod secret;
 pub mod server;
+pub mod suggest;
 pub mod telemetry;
 pub mod timer;
 pub mod tls;

@@ -54,6 +54,22 @@ enum Command {
     /// Client keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Allow rules.
+    #[command(subcommand)]
+    Rules(RulesCommand),
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Print, per client, the least allow rules that cover the calls in audit lines (the proxy's
+    /// log, text or JSON), as TOML to paste into the configuration.
+    Suggest {
+        /// The log to read; stdin when absent or `-`.
+        file: Option<PathBuf>,
+        /// Also show which logged calls this configuration's rules would refuse.
+        #[arg(long, value_name = "CONFIG")]
+        against: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -64,12 +80,25 @@ enum KeysCommand {
         #[arg(long)]
         name: String,
     },
+    /// Read a secret on stdin (one line) and print the configuration lines that admit it as a
+    /// client key: a tool's existing credential string becomes its proxy key. Never echoes it.
+    Hash {
+        /// The client's name, as it will appear in logs and metrics.
+        #[arg(long, default_value = "NAME")]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Keys(KeysCommand::New { name })) = &cli.command {
-        return new_key(name);
+    // These need no configuration of their own (and no logging): answered before either.
+    match &cli.command {
+        Some(Command::Keys(KeysCommand::New { name })) => return new_key(name),
+        Some(Command::Keys(KeysCommand::Hash { name })) => return hash_key(name),
+        Some(Command::Rules(RulesCommand::Suggest { file, against })) => {
+            return suggest_rules(file.as_deref(), against.as_deref());
+        }
+        _ => {}
     }
     // Flushes buffered log lines when main returns.
     let _log_flush = init_logging(cli.log_format);
@@ -115,7 +144,7 @@ fn main() -> ExitCode {
             }
             Command::Healthcheck => healthcheck(config).await,
             // Answered above, before any configuration is needed.
-            Command::Keys(_) => ExitCode::SUCCESS,
+            Command::Keys(_) | Command::Rules(_) => ExitCode::SUCCESS,
         }
     })
 }
@@ -150,13 +179,85 @@ fn new_key(name: &str) -> ExitCode {
         eprintln!("ado-auth-proxy: the operating system's random source failed");
         return ExitCode::FAILURE;
     };
-    let hash = keys::to_hex(&keys::sha256(key.as_bytes()));
+    let entry = keys::client_entry(name, &keys::sha256(key.as_bytes()));
     println!(
         "Client key for \"{name}\" (shown once; give it to the client as the password it sends, where it \
-         sent a PAT):\n\n  {key}\n\nAdd this client to the proxy's configuration and list what it may call:\n\n\
-         [[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\nidentity = \"default\"\nallow = [\n  \
-         # {{ methods = [\"GET\", \"POST\"], path = \"/contoso/web/_git/web/**\" }},\n]"
+         sent a PAT):\n\n  {key}\n\nAdd this client to the proxy's configuration and list what it may call:\n\n{entry}"
     );
+    ExitCode::SUCCESS
+}
+
+/// A credential string a tool already sends (after it was revoked in Azure DevOps, if it was a
+/// PAT) made a client key: only its SHA-256 is printed, the secret never.
+fn hash_key(name: &str) -> ExitCode {
+    if !keys::valid_client_name(name) {
+        eprintln!("ado-auth-proxy: --name must be 1 to 64 letters, digits, '-', '_' or '.'");
+        return ExitCode::from(2);
+    }
+    let mut secret = Vec::new();
+    if let Err(error) = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut secret) {
+        eprintln!("ado-auth-proxy: cannot read the secret from stdin: {error}");
+        return ExitCode::from(2);
+    }
+    // One trailing line break is how `echo` and a terminal end the line, not part of the secret.
+    let line = secret
+        .strip_suffix(b"\r\n")
+        .or_else(|| secret.strip_suffix(b"\n"))
+        .unwrap_or(&secret);
+    if line.is_empty() {
+        eprintln!("ado-auth-proxy: stdin held no secret: write it as one line on stdin");
+        return ExitCode::from(2);
+    }
+    if line.contains(&b'\n') {
+        eprintln!("ado-auth-proxy: stdin held more than one line: the secret is one line");
+        return ExitCode::from(2);
+    }
+    let entry = keys::client_entry(name, &keys::sha256(line));
+    secret.fill(0);
+    println!(
+        "# The client sends this secret where it sent a PAT; the configuration holds only its SHA-256.\n\
+         # If it is an Azure DevOps PAT, revoke it in Azure DevOps first: it must not work there any more.\n{entry}"
+    );
+    ExitCode::SUCCESS
+}
+
+/// `rules suggest`: exit 2 only when the log or the configuration cannot be read.
+fn suggest_rules(file: Option<&std::path::Path>, against: Option<&std::path::Path>) -> ExitCode {
+    use ado_auth_proxy::suggest;
+    let config = match against.map(|path| (path, Config::load(Some(path)))) {
+        None => None,
+        Some((path, Ok(config))) => Some((path, config)),
+        Some((path, Err(error))) => {
+            eprintln!("ado-auth-proxy: --against {}: {error}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let evidence = match file.filter(|path| path.as_os_str() != "-") {
+        None => suggest::Evidence::read(std::io::stdin().lock())
+            .map_err(|error| format!("cannot read the log from stdin: {error}")),
+        Some(path) => std::fs::File::open(path)
+            .and_then(|log| suggest::Evidence::read(std::io::BufReader::new(log)))
+            .map_err(|error| format!("cannot read the log {}: {error}", path.display())),
+    };
+    let evidence = match evidence {
+        Ok(evidence) => evidence,
+        Err(message) => {
+            eprintln!("ado-auth-proxy: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let default_host = config
+        .as_ref()
+        .map_or(suggest::DEFAULT_HOST.to_string(), |(_, config)| {
+            config.upstream.authority.host().to_ascii_lowercase()
+        });
+    print!("{}", suggest::render(&evidence, &default_host));
+    if let Some((path, config)) = config {
+        print!(
+            "{}",
+            suggest::against(&evidence, &config, &path.display().to_string())
+        );
+    }
     ExitCode::SUCCESS
 }
 

@@ -21,5 +21,6 @@ mod keyless;
 mod layout;
 mod learn;
 mod streaming;
+mod suggest;
 mod tls_listener;
 mod tokens;
