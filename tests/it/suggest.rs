@@ -85,7 +85,10 @@ async fn keys_hash_prints_the_hash_and_never_the_secret() {
             .unwrap_or_else(|e| panic!("{e}\n{stdout}"));
         assert_eq!(config.clients[0].name, "tool");
         assert_eq!(config.clients[0].identity, "default");
-        assert_eq!(hex(&config.clients[0].key_sha256), expected);
+        match &config.clients[0].proof {
+            ado_auth_proxy::config::ClientProof::Key(hash) => assert_eq!(hex(hash), expected),
+            other => panic!("a key client: {other:?}"),
+        }
     }
     for refused in ["", "\n", "\r\n", "first-line\nsecond-line\n"] {
         let output = with_stdin(command(&["keys", "hash"]), refused.as_bytes()).await;
