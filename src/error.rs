@@ -37,6 +37,35 @@ pub enum Rejection {
     },
     /// A small request body, read whole for a possible replay, did not arrive in time.
     BodyTimeout,
+    /// A client over its own limits, or a low-priority client of an identity Azure DevOps is
+    /// throttling that would have to wait longer than allowed.
+    Limited {
+        limit: Limit,
+        retry_after: Duration,
+    },
+}
+
+/// Which limit a 429 from the proxy itself enforces; a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// The client's `max_concurrent_requests`.
+    Concurrency,
+    /// The client's `max_requests_per_second` (and `burst`).
+    Rate,
+    /// Azure DevOps throttles the client's identity, and this client's priority waits.
+    Throttled,
+}
+
+impl Limit {
+    pub const ALL: [Limit; 3] = [Limit::Concurrency, Limit::Rate, Limit::Throttled];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::Concurrency => "concurrency",
+            Limit::Rate => "rate",
+            Limit::Throttled => "throttled",
+        }
+    }
 }
 
 impl Rejection {
@@ -56,6 +85,7 @@ impl Rejection {
             | Rejection::UpstreamUpgrade
             | Rejection::TokenRefused { .. } => StatusCode::BAD_GATEWAY,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::Limited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -68,6 +98,7 @@ impl Rejection {
             StatusCode::SERVICE_UNAVAILABLE => "token_unavailable",
             StatusCode::GATEWAY_TIMEOUT => "gateway_timeout",
             StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
             _ => "bad_gateway",
         }
     }
@@ -145,6 +176,30 @@ impl Rejection {
                     .into()
             }
             Rejection::BodyTimeout => "The request body did not arrive in time.".into(),
+            Rejection::Limited {
+                limit: Limit::Concurrency,
+                retry_after,
+            } => format!(
+                "This client has as many requests in flight as the proxy allows it \
+                 (max_concurrent_requests). Retry in {} s.",
+                retry_after.as_secs().max(1)
+            ),
+            Rejection::Limited {
+                limit: Limit::Rate,
+                retry_after,
+            } => format!(
+                "This client is over the request rate the proxy allows it \
+                 (max_requests_per_second). Retry in {} s.",
+                retry_after.as_secs().max(1)
+            ),
+            Rejection::Limited {
+                limit: Limit::Throttled,
+                retry_after,
+            } => format!(
+                "Azure DevOps is throttling this client's identity, and higher-priority clients go \
+                 first. Retry in {} s.",
+                retry_after.as_secs().max(1)
+            ),
         }
     }
 
@@ -166,6 +221,11 @@ impl Rejection {
             Rejection::TokenUnavailable { .. } => Some(Refusal::TokenUnavailable),
             Rejection::BrowserRequest => Some(Refusal::Browser),
             Rejection::ForeignHost => Some(Refusal::ForeignHost),
+            Rejection::Limited { limit, .. } => Some(match limit {
+                Limit::Concurrency => Refusal::ClientConcurrency,
+                Limit::Rate => Refusal::ClientRate,
+                Limit::Throttled => Refusal::IdentityThrottled,
+            }),
             _ => None,
         }
     }
@@ -190,6 +250,13 @@ impl Rejection {
                 headers.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(retry_after.as_secs()),
+                );
+            }
+            Rejection::Limited { retry_after, .. } => {
+                // Whole seconds, never 0: a client told "retry in 0 s" retries at once.
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
                 );
             }
             Rejection::Unauthenticated(_) => {
@@ -283,15 +350,22 @@ pub enum Refusal {
     Browser,
     /// Open mode, and a `Host` that is not one of the listener's own names.
     ForeignHost,
+    ClientConcurrency,
+    ClientRate,
+    /// A lower-priority client's turn while Azure DevOps throttles its identity.
+    IdentityThrottled,
 }
 
 impl Refusal {
-    pub const ALL: [Refusal; 5] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::BadRequest,
         Refusal::MethodNotAllowed,
         Refusal::TokenUnavailable,
         Refusal::Browser,
         Refusal::ForeignHost,
+        Refusal::ClientConcurrency,
+        Refusal::ClientRate,
+        Refusal::IdentityThrottled,
     ];
     pub fn label(self) -> &'static str {
         match self {
@@ -300,6 +374,9 @@ impl Refusal {
             Refusal::TokenUnavailable => "token_unavailable",
             Refusal::Browser => "browser",
             Refusal::ForeignHost => "foreign_host",
+            Refusal::ClientConcurrency => "client_concurrency",
+            Refusal::ClientRate => "client_rate",
+            Refusal::IdentityThrottled => "identity_throttled",
         }
     }
 }
@@ -376,7 +453,32 @@ mod tests {
             Option<&'static str>,
             Option<&'static str>,
         );
+        let limited = |limit| Rejection::Limited {
+            limit,
+            retry_after: Duration::from_millis(200),
+        };
         let table: Vec<Row> = vec![
+            (
+                limited(Limit::Concurrency),
+                429,
+                "too_many_requests",
+                Some("client_concurrency"),
+                None,
+            ),
+            (
+                limited(Limit::Rate),
+                429,
+                "too_many_requests",
+                Some("client_rate"),
+                None,
+            ),
+            (
+                limited(Limit::Throttled),
+                429,
+                "too_many_requests",
+                Some("identity_throttled"),
+                None,
+            ),
             (
                 Rejection::BadRequest("bad"),
                 400,
@@ -506,6 +608,14 @@ mod tests {
                 status == 401,
                 "{rejection:?}"
             );
+            if status == 429 {
+                // 200 ms is "1", never "0": a client told 0 retries at once.
+                assert_eq!(
+                    response.headers()[header::RETRY_AFTER],
+                    "1",
+                    "{rejection:?}"
+                );
+            }
         }
     }
 

@@ -21,6 +21,7 @@ pub use types::{
     Credential, Egress, EntraApp, FederatedSource, Identity, Inbound, InboundMode, IssuerKeySource,
     Listen, ManagedIdentity, ManagedProtocol, Proof, SecretSource, TlsFiles, Upstream,
 };
+pub use types::{ClientLimits, Priority};
 pub use validate::is_loopback_host;
 
 use raw::RawConfig;

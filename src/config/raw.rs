@@ -29,6 +29,9 @@ pub(super) struct RawInbound {
     pub(super) allow: Vec<RawRule>,
     /// Open mode: forward what `allow` would refuse, and log it (see `RawClient::learn`).
     pub(super) learn: bool,
+    /// The longest a lower-priority request waits while Azure DevOps throttles its identity;
+    /// unset, 10 s.
+    pub(super) max_throttle_wait: Option<DurationValue>,
 }
 
 #[derive(Deserialize, Default, PartialEq, Eq)]
@@ -56,6 +59,16 @@ pub(super) struct RawClient {
     /// `would_deny`, to find out which calls a legacy tool makes.
     #[serde(default)]
     pub(super) learn: bool,
+    #[serde(default)]
+    pub(super) max_concurrent_requests: Option<usize>,
+    #[serde(default)]
+    pub(super) max_requests_per_second: Option<f64>,
+    /// Requests allowed at once above the rate; default: one second's worth.
+    #[serde(default)]
+    pub(super) burst: Option<u32>,
+    /// `high`, `normal` or `low`: who goes first while Azure DevOps throttles the identity.
+    #[serde(default)]
+    pub(super) priority: Option<String>,
 }
 
 /// A keyless client: an OIDC token of `issuer` for `audience` whose claims match `claims`.

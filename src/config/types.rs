@@ -21,6 +21,8 @@ pub struct Inbound {
     pub open_beyond_loopback: bool,
     /// Open mode in learn mode (see [`ClientConfig::learn`]).
     pub learn: bool,
+    /// The longest a lower-priority request waits while Azure DevOps throttles its identity.
+    pub max_throttle_wait: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,26 @@ pub struct ClientConfig {
     pub allow: Allowlist,
     /// Requests `allow` would refuse are forwarded anyway and logged as `would_deny`.
     pub learn: bool,
+    pub limits: ClientLimits,
+    pub priority: Priority,
+}
+
+/// A client's own share: requests in flight, and a rate with a burst (a token bucket).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ClientLimits {
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests per second, and how many may come at once above it.
+    pub rate: Option<(f64, u32)>,
+}
+
+/// Who goes first while Azure DevOps throttles the identity clients share: high never waits,
+/// normal waits half of what Azure DevOps asks, low all of it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
 }
 
 /// How a client proves who it is.

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Method, Uri};
 
+use super::limits::ClientSlot;
 use super::snapshot::Snapshot;
+use crate::error::Limit;
 use crate::telemetry::audit::{self, AuditLine};
 use crate::telemetry::log_format::Rendered;
 use crate::telemetry::metrics::{Metrics, NO_CLIENT};
@@ -173,6 +175,8 @@ pub struct Exchange {
     would_deny: bool,
     /// The credential looked like an Azure DevOps PAT.
     presented_pat: bool,
+    /// One of the client's concurrent requests, held to the end of the exchange.
+    slot: Option<ClientSlot>,
 }
 
 impl Exchange {
@@ -204,6 +208,7 @@ impl Exchange {
             replayed: false,
             would_deny: false,
             presented_pat: false,
+            slot: None,
         }
     }
 
@@ -239,6 +244,17 @@ impl Exchange {
 
     pub fn set_presented_pat(&mut self) {
         self.presented_pat = true;
+    }
+
+    pub fn hold_slot(&mut self, slot: Option<ClientSlot>) {
+        self.slot = slot;
+    }
+
+    /// A request refused by a limit, counted against its client.
+    pub fn count_limited(&self, limit: Limit) {
+        let client = self.client.and_then(|c| self.snapshot.telemetry.get(c));
+        let metrics = client.map_or(&self.metrics.anonymous, |c| &c.metrics);
+        metrics.count_limited(limit);
     }
 
     /// A request no rule admitted, counted against its client.

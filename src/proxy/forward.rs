@@ -14,12 +14,18 @@ use super::body::UploadBody;
 use super::exchange::Exchange;
 use super::headers;
 use super::upstream::Upstream;
+use crate::config::Priority;
 use crate::error::{Rejection, UpstreamFailure};
 use crate::telemetry::metrics::{Metrics, RateLimitSignals};
 use crate::token::TokenCache;
 
 /// How long a request whose token Azure DevOps refused waits for a renewed one.
 const RENEWAL_WAIT: Duration = Duration::from_secs(30);
+/// A 429 without `Retry-After`: a few seconds of holding back costs little and lets the budget
+/// recover.
+const THROTTLED_HOLD: Duration = Duration::from_secs(5);
+/// The budget almost spent: a short hold that puts lower priorities behind.
+const NEARLY_SPENT_HOLD: Duration = Duration::from_secs(2);
 /// What is needed to send a request again; only requests with a kept body have one. The headers
 /// are kept as a list rather than a second `HeaderMap`: a map costs two allocations, and almost
 /// every replay copy is dropped unused.
@@ -84,6 +90,19 @@ pub(super) struct Destination {
     pub(super) token: Arc<TokenCache>,
     /// `None`: the default upstream.
     pub(super) upstream: Option<Arc<Upstream>>,
+    /// The client's turn while Azure DevOps throttles the identity.
+    pub(super) priority: Priority,
+}
+
+impl Destination {
+    /// To the default upstream until a mount says otherwise.
+    pub(super) fn new(token: Arc<TokenCache>, priority: Priority) -> Self {
+        Self {
+            token,
+            upstream: None,
+            priority,
+        }
+    }
 }
 
 /// A request admitted and rewritten for Azure DevOps.
@@ -132,7 +151,7 @@ impl Forward<'_> {
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             return Err(Rejection::UpstreamUpgrade);
         }
-        self.observe_rate_limits(token.identity(), &response);
+        self.observe_rate_limits(token, &response);
         headers::prepare_response(response.headers_mut());
         Ok(response)
     }
@@ -223,14 +242,41 @@ impl Forward<'_> {
         token_refused(response)
     }
 
-    fn observe_rate_limits(&self, identity: &str, response: &Response<Incoming>) {
-        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+    fn observe_rate_limits(&self, token: &TokenCache, response: &Response<Incoming>) {
+        let identity = token.identity();
+        let throttled = response.status() == StatusCode::TOO_MANY_REQUESTS;
+        if throttled {
             self.metrics.count_throttled(identity);
         }
         let signals = rate_limit_signals(response.headers(), SystemTime::now);
         if signals != RateLimitSignals::default() {
             self.metrics.observe_rate_limits(identity, &signals);
         }
+        if let Some(hold) = hold_for(throttled, &signals) {
+            token.pressure().hold(hold);
+        }
+    }
+}
+
+/// How long Azure DevOps asks this identity to slow down, if it does: `Retry-After` (on a 429
+/// or any other answer), `X-RateLimit-Delay` (it already held this answer back that long and will
+/// go on), or a budget under 5% left; a 429 without a header still holds a few seconds.
+fn hold_for(throttled: bool, signals: &RateLimitSignals) -> Option<Duration> {
+    let seconds = |s: i64| Duration::from_secs(u64::try_from(s).unwrap_or(0));
+    if let Some(retry_after) = signals.retry_after_seconds.filter(|s| *s > 0) {
+        return Some(seconds(retry_after));
+    }
+    if let Some(delay) = signals.delay_seconds.filter(|d| *d > 0.0) {
+        return Some(Duration::from_secs_f64(delay.min(60.0)));
+    }
+    if throttled {
+        return Some(THROTTLED_HOLD);
+    }
+    match (signals.remaining, signals.limit) {
+        (Some(remaining), Some(limit)) if limit > 0 && remaining * 20 < limit => {
+            Some(NEARLY_SPENT_HOLD)
+        }
+        _ => None,
     }
 }
 

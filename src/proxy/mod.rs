@@ -8,6 +8,7 @@ pub mod body;
 pub mod exchange;
 mod forward;
 pub mod headers;
+pub mod limits;
 pub mod origin;
 pub mod pool;
 pub mod resolve;
@@ -40,7 +41,8 @@ use self::rewrite_body::{
 use self::route::Mount;
 use self::snapshot::{SharedSnapshot, Snapshot};
 use self::upstream::{Upstream, Upstreams};
-use crate::error::{Rejection, Unauthenticated, UpstreamFailure};
+use crate::config::Priority;
+use crate::error::{Limit, Rejection, Unauthenticated, UpstreamFailure};
 use crate::issuers::IssuerKeys;
 use crate::policy::{RequestHost, Segments};
 use crate::telemetry::metrics::Metrics;
@@ -298,6 +300,9 @@ impl Proxy {
                 if let Rejection::Forbidden { .. } = rejection {
                     exchange.count_denied();
                 }
+                if let Rejection::Limited { limit, .. } = rejection {
+                    exchange.count_limited(limit);
+                }
                 let status = rejection.status();
                 let mut response = rejection
                     .to_response(request_id.to_str().unwrap_or_default())
@@ -337,8 +342,13 @@ impl Proxy {
                 if rule.is_none() {
                     exchange.set_would_deny();
                 }
-                let token = exchange.snapshot().clients[client].token.clone();
-                self.start(token, mount, request, exchange)
+                let admitted = &exchange.snapshot().clients[client];
+                let (token, priority) = (admitted.token.clone(), admitted.priority);
+                match admitted.limits.admit() {
+                    Ok(slot) => exchange.hold_slot(slot),
+                    Err(rejection) => return Start::Rejected(Some(rejection)),
+                }
+                self.start(Destination::new(token, priority), mount, request, exchange)
             }
             Ok(Admission::AwaitKeys(keys)) => Start::AwaitKeys(Some((keys, request))),
             Err(Refused { client, rejection }) => {
@@ -351,23 +361,21 @@ impl Proxy {
     /// Unless a small body must be read first, rewrites an admitted request for Azure DevOps.
     fn start(
         &self,
-        token: Arc<TokenCache>,
+        mut destination: Destination,
         mount: Option<Mount>,
         request: Request<Incoming>,
         exchange: &mut Exchange,
     ) -> Start {
         let (mut parts, body) = request.into_parts();
-        let mut upstream = None;
         if let Some((host, target)) = mount {
             parts.uri = Uri::from(target);
             if let Some(host) = host {
                 match self.upstreams.sibling(&host, Instant::now()) {
-                    Some(sibling) => upstream = Some(sibling),
+                    Some(sibling) => destination.upstream = Some(sibling),
                     None => return Start::Rejected(Some(Rejection::UnknownHost(host))),
                 }
             }
         }
-        let destination = Destination { token, upstream };
         let body = match self.classify_upload(body, exchange) {
             Upload::Ready(body) => body,
             Upload::ReadWhole(body) => return Start::ReadBody(Some((destination, parts, body))),
@@ -440,6 +448,19 @@ impl Proxy {
         outgoing: &mut Outgoing,
         exchange: &mut Exchange,
     ) -> Result<Response<Incoming>, Rejection> {
+        let destination = &outgoing.destination;
+        let pressure = destination.token.pressure();
+        // One atomic read when Azure DevOps is not throttling the identity, the usual case;
+        // the wait is boxed, so it costs nothing in every request's future.
+        if destination.priority != Priority::High && !pressure.held_for().is_zero() {
+            let max_wait = exchange.snapshot().max_throttle_wait;
+            Box::pin(pressure.take_turn(destination.priority, max_wait))
+                .await
+                .map_err(|wait| Rejection::Limited {
+                    limit: Limit::Throttled,
+                    retry_after: wait.retry_after,
+                })?;
+        }
         // Held apart from `outgoing`, which the exchange borrows mutably.
         let sibling = outgoing.destination.upstream.clone();
         let forward = Forward {

@@ -10,9 +10,10 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use super::authenticate::Inbound;
+use super::limits::ClientLimits;
 use super::rewrite::UrlMap;
 use super::route::Served;
-use crate::config::{ClientProof, Config, DEFAULT_IDENTITY, InboundMode, Network};
+use crate::config::{ClientProof, Config, DEFAULT_IDENTITY, InboundMode, Network, Priority};
 use crate::issuers::Issuers;
 use crate::issuers::verify::{TokenClient, TokenClients};
 use crate::policy::Allowlist;
@@ -38,6 +39,8 @@ pub struct Snapshot {
     pub clients: Box<[Client]>,
     /// How telemetry names and counts each client, at the same index.
     pub telemetry: Box<[ClientTelemetry]>,
+    /// The longest a lower-priority request waits while Azure DevOps throttles its identity.
+    pub max_throttle_wait: std::time::Duration,
 }
 
 /// A configured client: what it may do and whose token it sends.
@@ -47,6 +50,8 @@ pub struct Client {
     pub token: Arc<TokenCache>,
     /// Learn mode: what `allow` refuses is forwarded and logged as `would_deny`.
     pub learn: bool,
+    pub limits: ClientLimits,
+    pub priority: Priority,
 }
 
 impl Snapshot {
@@ -86,6 +91,8 @@ impl Snapshot {
                         allow: client.allow.clone(),
                         token: token(&client.identity)?,
                         learn: client.learn,
+                        limits: ClientLimits::new(&client.limits),
+                        priority: client.priority,
                     });
                 }
                 let inbound = Inbound::Keys {
@@ -101,6 +108,8 @@ impl Snapshot {
                     allow: allow.clone(),
                     token: token(DEFAULT_IDENTITY)?,
                     learn: config.inbound.learn,
+                    limits: ClientLimits::new(&Default::default()),
+                    priority: Priority::Normal,
                 };
                 (Inbound::Open { hosts }, vec![client])
             }
@@ -128,6 +137,7 @@ impl Snapshot {
             },
             clients: clients.into_boxed_slice(),
             telemetry,
+            max_throttle_wait: config.inbound.max_throttle_wait,
         })
     }
 }

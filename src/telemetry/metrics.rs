@@ -4,7 +4,7 @@
 
 use http::Method;
 
-use crate::error::{Refusal, Unauthenticated, UpstreamFailure};
+use crate::error::{Limit, Refusal, Unauthenticated, UpstreamFailure};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -30,9 +30,16 @@ pub struct ClientMetrics {
     pub would_deny: IntCounter,
     /// Requests whose credential looks like an Azure DevOps PAT.
     pub pat_credentials: IntCounter,
+    /// Refused with a 429 by the proxy, by [`Limit`].
+    limited: [IntCounter; Limit::ALL.len()],
 }
 
 impl ClientMetrics {
+    pub fn count_limited(&self, limit: Limit) {
+        let index = Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0);
+        self.limited[index].inc();
+    }
+
     pub fn count_request(&self, method: &Method, status: u16) {
         let method_index = match *method {
             Method::GET => 0,
@@ -66,10 +73,7 @@ pub const NO_CLIENT: &str = "-";
 
 pub struct Metrics {
     registry: Registry,
-    requests: IntCounterVec,
-    denied: IntCounterVec,
-    would_deny: IntCounterVec,
-    pat_credentials: IntCounterVec,
+    per_client: PerClient,
     learn_mode: IntGaugeVec,
     /// Requests refused before a client was known.
     pub anonymous: ClientMetrics,
@@ -138,6 +142,16 @@ impl Metrics {
                     "Requests whose credential looks like an Azure DevOps PAT, by client (- when none was recognised).",
                 ),
                 &["client"],
+            ),
+        );
+        let limited = register(
+            &registry,
+            IntCounterVec::new(
+                opts(
+                    "limited_requests_total",
+                    "Requests the proxy answered 429 itself, by client and limit (concurrency, rate, throttled: a lower priority's turn while Azure DevOps throttles the identity).",
+                ),
+                &["client", "limit"],
             ),
         );
         let learn_mode = register(
@@ -358,14 +372,17 @@ impl Metrics {
                 &["sha256"],
             ),
         );
-        let anonymous =
-            client_metrics(&requests, &denied, &would_deny, &pat_credentials, NO_CLIENT);
+        let per_client = PerClient {
+            requests: requests.clone(),
+            denied: denied.clone(),
+            would_deny: would_deny.clone(),
+            pat_credentials: pat_credentials.clone(),
+            limited: limited.clone(),
+        };
+        let anonymous = per_client.client(NO_CLIENT);
         Self {
             registry,
-            requests,
-            denied,
-            would_deny,
-            pat_credentials,
+            per_client,
             learn_mode,
             anonymous,
             unauthenticated,
@@ -395,13 +412,7 @@ impl Metrics {
 
     /// The counters of one configured client (names are bounded by the configuration).
     pub fn client(&self, name: &str) -> ClientMetrics {
-        client_metrics(
-            &self.requests,
-            &self.denied,
-            &self.would_deny,
-            &self.pat_credentials,
-            name,
-        )
+        self.per_client.client(name)
     }
 
     /// Shows whether a client is in learn mode (a reload may turn it off: 0, not absent).
@@ -522,20 +533,28 @@ impl Default for Metrics {
     }
 }
 
-fn client_metrics(
-    requests: &IntCounterVec,
-    denied: &IntCounterVec,
-    would_deny: &IntCounterVec,
-    pat_credentials: &IntCounterVec,
-    client: &str,
-) -> ClientMetrics {
-    ClientMetrics {
-        requests: METHODS.map(|method| {
-            STATUS_CLASSES.map(|class| requests.with_label_values(&[client, method, class]))
-        }),
-        denied: denied.with_label_values(&[client]),
-        would_deny: would_deny.with_label_values(&[client]),
-        pat_credentials: pat_credentials.with_label_values(&[client]),
+/// The families with a `client` label, from which each client's counters are resolved once.
+struct PerClient {
+    requests: IntCounterVec,
+    denied: IntCounterVec,
+    would_deny: IntCounterVec,
+    pat_credentials: IntCounterVec,
+    limited: IntCounterVec,
+}
+
+impl PerClient {
+    fn client(&self, client: &str) -> ClientMetrics {
+        ClientMetrics {
+            requests: METHODS.map(|method| {
+                STATUS_CLASSES
+                    .map(|class| self.requests.with_label_values(&[client, method, class]))
+            }),
+            denied: self.denied.with_label_values(&[client]),
+            would_deny: self.would_deny.with_label_values(&[client]),
+            pat_credentials: self.pat_credentials.with_label_values(&[client]),
+            limited: Limit::ALL
+                .map(|limit| self.limited.with_label_values(&[client, limit.label()])),
+        }
     }
 }
 

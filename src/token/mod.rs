@@ -1,5 +1,6 @@
 //! Access tokens per identity: a cache the request path reads without waiting, and one background
-//! refresher per identity that keeps it filled.
+//! refresher per identity that keeps it filled; beside each cache, how hard Azure DevOps
+//! throttles that identity (`pressure`).
 //!
 //! The request path never talks to Entra ID and never sends a token past its expiry (measured on
 //! the monotonic clock, less a safety margin).
@@ -9,6 +10,7 @@ pub mod endpoint;
 mod federated;
 mod identities;
 mod managed;
+pub mod pressure;
 mod source;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -83,6 +85,8 @@ pub struct TokenCache {
     /// Whether fetching again can bring a different token: managed identity endpoints hand out
     /// the same cached token until it nears expiry.
     renewable: bool,
+    /// Azure DevOps' throttling of this identity, which every client acting as it shares.
+    pressure: pressure::Pressure,
 }
 
 impl TokenCache {
@@ -94,7 +98,12 @@ impl TokenCache {
             refresh_now: Notify::new(),
             completed: watch::Sender::new(0),
             renewable,
+            pressure: pressure::Pressure::default(),
         }
+    }
+
+    pub fn pressure(&self) -> &pressure::Pressure {
+        &self.pressure
     }
 
     /// Azure DevOps refused `refused`, a token we believed valid: asks the refresher for a new

@@ -11,6 +11,7 @@ mod access;
 mod cli;
 mod deploy;
 mod egress;
+mod fairness;
 mod forwarding;
 mod git;
 mod hardening;

@@ -2,9 +2,11 @@ use http::HeaderValue;
 
 use super::Validator;
 use crate::config::raw::{RawClient, RawClientToken, RawInbound, RawMode, RawRule};
+use std::time::Duration;
+
 use crate::config::{
-    ClientConfig, ClientProof, ClientToken, ConfigError, DEFAULT_IDENTITY, Identity, Inbound,
-    InboundMode, IssuerKeySource,
+    ClientConfig, ClientLimits, ClientProof, ClientToken, ConfigError, DEFAULT_IDENTITY, Identity,
+    Inbound, InboundMode, IssuerKeySource, Priority,
 };
 use crate::keys;
 use crate::policy::{Allowlist, ClaimPattern, Feed, HostPattern, PatternError, Rule};
@@ -84,6 +86,16 @@ impl Validator<'_> {
             allowed_hosts,
             open_beyond_loopback: raw.allow_open_on_non_loopback,
             learn: raw.learn,
+            max_throttle_wait: match raw.max_throttle_wait {
+                None => Duration::from_secs(10),
+                Some(wait) if wait.0 > Duration::from_secs(120) => {
+                    return Err(self.error(
+                        "inbound.max_throttle_wait",
+                        "must be at most 120s: a client waiting longer has likely given up",
+                    ));
+                }
+                Some(wait) => wait.0,
+            },
         })
     }
 
@@ -107,6 +119,7 @@ impl Validator<'_> {
                     format!("`{}` is used by two clients", client.name),
                 ));
             }
+            let limits = self.client_limits(&key, &client)?;
             let proof = match (client.key_sha256, client.token) {
                 (Some(hash), None) => {
                     let hash = keys::parse_sha256_hex(&hash).ok_or_else(|| {
@@ -149,7 +162,20 @@ impl Validator<'_> {
                 ));
             }
             let allow = self.rules(&key("allow"), client.allow)?;
+            let priority = match client.priority.as_deref() {
+                None | Some("normal") => Priority::Normal,
+                Some("high") => Priority::High,
+                Some("low") => Priority::Low,
+                Some(other) => {
+                    return Err(self.error(
+                        &key("priority"),
+                        format!("`{other}` is not a priority: high, normal or low"),
+                    ));
+                }
+            };
             clients.push(ClientConfig {
+                limits,
+                priority,
                 learn: client.learn,
                 name: client.name,
                 proof,
@@ -209,6 +235,43 @@ impl Validator<'_> {
             audience: raw.audience,
             claims,
             keys,
+        })
+    }
+
+    fn client_limits(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        client: &RawClient,
+    ) -> Result<ClientLimits, ConfigError> {
+        if client.max_concurrent_requests == Some(0) {
+            return Err(self.error(
+                &key("max_concurrent_requests"),
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        let rate = match (client.max_requests_per_second, client.burst) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(self.error(
+                    &key("burst"),
+                    "applies to max_requests_per_second, which is not set",
+                ));
+            }
+            (Some(rate), _) if !(rate.is_finite() && rate > 0.0 && rate <= 1e6) => {
+                return Err(self.error(
+                    &key("max_requests_per_second"),
+                    "must be a number of requests per second above 0 (e.g. 20 or 0.5)",
+                ));
+            }
+            (Some(_), Some(0)) => {
+                return Err(self.error(&key("burst"), "must be at least 1"));
+            }
+            // One second's worth at once by default, and never less than one request.
+            (Some(rate), burst) => Some((rate, burst.unwrap_or(rate.ceil().max(1.0) as u32))),
+        };
+        Ok(ClientLimits {
+            max_concurrent_requests: client.max_concurrent_requests,
+            rate,
         })
     }
 }

@@ -1,0 +1,114 @@
+//! How hard Azure DevOps pushes back on one identity. Every client acting as the identity draws
+//! on one budget (200 TSTUs per sliding 5 minutes); when Azure DevOps says to slow down (a 429,
+//! `Retry-After`, `X-RateLimit-Delay`, or the remaining budget near zero), the identity is held
+//! for that long, and its clients take turns by priority: high goes on, normal waits half the
+//! hold, low all of it, each within `inbound.max_throttle_wait` (beyond, a 429 with
+//! `Retry-After` at once: waiting only to be refused would hold a connection for nothing). So
+//! CI's clones keep flowing while a noisy exporter waits.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::config::Priority;
+
+/// The longest hold any single signal sets: Azure DevOps' own delays stay well under it.
+const MAX_HOLD: Duration = Duration::from_secs(60);
+/// Requests of one priority waiting at once for one identity; more are refused at once.
+const MAX_WAITING: usize = 1024;
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn millis_since_base(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(base()).as_millis()).unwrap_or(u64::MAX)
+}
+
+#[derive(Default)]
+pub struct Pressure {
+    /// Milliseconds after `base()` until which the identity is held; 0: not held.
+    held_until: AtomicU64,
+    /// Requests waiting now: normal, low.
+    waiting: [AtomicUsize; 2],
+}
+
+/// Why a request may not go yet, and when to try again.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Wait {
+    pub retry_after: Duration,
+}
+
+impl Pressure {
+    /// Azure DevOps asked to slow down for `hold` (at most a minute is believed).
+    pub fn hold(&self, hold: Duration) {
+        let until = millis_since_base(Instant::now() + hold.min(MAX_HOLD));
+        self.held_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How long the identity is still held; zero when it is not.
+    pub fn held_for(&self) -> Duration {
+        let until = self.held_until.load(Ordering::Relaxed);
+        Duration::from_millis(until.saturating_sub(millis_since_base(Instant::now())))
+    }
+
+    /// Waits this request's turn: nothing unless the identity is held. `Err` when the wait
+    /// would exceed `max_wait` or too many of this priority already wait.
+    pub async fn take_turn(&self, priority: Priority, max_wait: Duration) -> Result<(), Wait> {
+        let held = self.held_for();
+        let (share, waiting) = match priority {
+            _ if held.is_zero() => return Ok(()),
+            Priority::High => return Ok(()),
+            Priority::Normal => (held / 2, &self.waiting[0]),
+            Priority::Low => (held, &self.waiting[1]),
+        };
+        if share > max_wait {
+            return Err(Wait { retry_after: share });
+        }
+        if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            return Err(Wait { retry_after: share });
+        }
+        tokio::time::sleep(share).await;
+        waiting.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_follow_priority_within_the_bound() {
+        let pressure = Pressure::default();
+        let bound = Duration::from_secs(10);
+        // Not held: nobody waits.
+        let started = tokio::time::Instant::now();
+        pressure
+            .take_turn(Priority::Low, bound)
+            .await
+            .expect("free");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+
+        pressure.hold(Duration::from_secs(8));
+        assert!(pressure.held_for() > Duration::from_secs(7));
+        pressure
+            .take_turn(Priority::High, bound)
+            .await
+            .expect("high goes on");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // A longer hold than the bound: low is refused at once, with when to retry.
+        pressure.hold(Duration::from_secs(30));
+        let refused = pressure
+            .take_turn(Priority::Low, bound)
+            .await
+            .expect_err("low would wait past the bound");
+        assert!(refused.retry_after > bound, "{refused:?}");
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        // A hold above a minute is not believed.
+        pressure.hold(Duration::from_secs(3600));
+        assert!(pressure.held_for() <= MAX_HOLD);
+    }
+}
