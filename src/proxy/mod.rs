@@ -452,7 +452,7 @@ impl Proxy {
         let pressure = destination.token.pressure();
         // One atomic read when Azure DevOps is not throttling the identity, the usual case;
         // the wait is boxed, so it costs nothing in every request's future.
-        if destination.priority != Priority::High && !pressure.held_for().is_zero() {
+        if destination.priority != Priority::High && pressure.is_held() {
             let max_wait = exchange.snapshot().max_throttle_wait;
             Box::pin(pressure.take_turn(destination.priority, max_wait))
                 .await

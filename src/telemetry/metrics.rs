@@ -2,59 +2,21 @@
 //! request touches only atomics. Labels come from bounded sets (methods, status classes, identity
 //! names, error kinds), never from request data.
 
-use http::Method;
-
-use crate::error::{Limit, Refusal, Unauthenticated, UpstreamFailure};
+use super::client_metrics::PerClient;
+pub use super::client_metrics::{ClientMetrics, NO_CLIENT};
+use super::registry::{PREFIX, opts, register};
+use crate::error::{Refusal, Unauthenticated, UpstreamFailure};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    IntGaugeVec, Registry, TextEncoder,
 };
 
-const PREFIX: &str = "ado_auth_proxy";
-const METHODS: [&str; 8] = [
-    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
-];
-const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Azure DevOps holds a request back by up to 30 s before it answers 429.
 const DELAY_BUCKETS: &[f64] = &[0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0];
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 120.0,
 ];
-
-/// A client's own counters, resolved once so a request touches only atomics.
-pub struct ClientMetrics {
-    requests: [[IntCounter; STATUS_CLASSES.len()]; METHODS.len()],
-    pub denied: IntCounter,
-    /// Forwarded in learn mode although no rule admitted them.
-    pub would_deny: IntCounter,
-    /// Requests whose credential looks like an Azure DevOps PAT.
-    pub pat_credentials: IntCounter,
-    /// Refused with a 429 by the proxy, by [`Limit`].
-    limited: [IntCounter; Limit::ALL.len()],
-}
-
-impl ClientMetrics {
-    pub fn count_limited(&self, limit: Limit) {
-        let index = Limit::ALL.iter().position(|l| *l == limit).unwrap_or(0);
-        self.limited[index].inc();
-    }
-
-    pub fn count_request(&self, method: &Method, status: u16) {
-        let method_index = match *method {
-            Method::GET => 0,
-            Method::HEAD => 1,
-            Method::POST => 2,
-            Method::PUT => 3,
-            Method::PATCH => 4,
-            Method::DELETE => 5,
-            Method::OPTIONS => 6,
-            _ => 7,
-        };
-        let class_index = usize::from(status / 100).clamp(1, 5) - 1;
-        self.requests[method_index][class_index].inc();
-    }
-}
 
 /// Azure DevOps' throttling headers on one answer (`None`: absent or unreadable).
 /// `X-RateLimit-Resource` is left out: it names the limit for humans, and as a label its values
@@ -67,9 +29,6 @@ pub struct RateLimitSignals {
     pub delay_seconds: Option<f64>,
     pub retry_after_seconds: Option<i64>,
 }
-
-/// The `client` label of requests that never got as far as naming a client.
-pub const NO_CLIENT: &str = "-";
 
 pub struct Metrics {
     registry: Registry,
@@ -104,56 +63,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = register(
-            &registry,
-            IntCounterVec::new(
-                opts(
-                    "requests_total",
-                    "Requests answered, by client, method and status class.",
-                ),
-                &["client", "method", "status_class"],
-            ),
-        );
-        let denied = register(
-            &registry,
-            IntCounterVec::new(
-                opts(
-                    "denied_requests_total",
-                    "Requests no allowlist rule admitted (403), by client.",
-                ),
-                &["client"],
-            ),
-        );
-        let would_deny = register(
-            &registry,
-            IntCounterVec::new(
-                opts(
-                    "would_deny_requests_total",
-                    "Requests a client in learn mode made that its rules would refuse (forwarded anyway), by client.",
-                ),
-                &["client"],
-            ),
-        );
-        let pat_credentials = register(
-            &registry,
-            IntCounterVec::new(
-                opts(
-                    "pat_credentials_total",
-                    "Requests whose credential looks like an Azure DevOps PAT, by client (- when none was recognised).",
-                ),
-                &["client"],
-            ),
-        );
-        let limited = register(
-            &registry,
-            IntCounterVec::new(
-                opts(
-                    "limited_requests_total",
-                    "Requests the proxy answered 429 itself, by client and limit (concurrency, rate, throttled: a lower priority's turn while Azure DevOps throttles the identity).",
-                ),
-                &["client", "limit"],
-            ),
-        );
+        let per_client = PerClient::register(&registry);
         let learn_mode = register(
             &registry,
             IntGaugeVec::new(
@@ -372,13 +282,6 @@ impl Metrics {
                 &["sha256"],
             ),
         );
-        let per_client = PerClient {
-            requests: requests.clone(),
-            denied: denied.clone(),
-            would_deny: would_deny.clone(),
-            pat_credentials: pat_credentials.clone(),
-            limited: limited.clone(),
-        };
         let anonymous = per_client.client(NO_CLIENT);
         Self {
             registry,
@@ -533,51 +436,10 @@ impl Default for Metrics {
     }
 }
 
-/// The families with a `client` label, from which each client's counters are resolved once.
-struct PerClient {
-    requests: IntCounterVec,
-    denied: IntCounterVec,
-    would_deny: IntCounterVec,
-    pat_credentials: IntCounterVec,
-    limited: IntCounterVec,
-}
-
-impl PerClient {
-    fn client(&self, client: &str) -> ClientMetrics {
-        ClientMetrics {
-            requests: METHODS.map(|method| {
-                STATUS_CLASSES
-                    .map(|class| self.requests.with_label_values(&[client, method, class]))
-            }),
-            denied: self.denied.with_label_values(&[client]),
-            would_deny: self.would_deny.with_label_values(&[client]),
-            pat_credentials: self.pat_credentials.with_label_values(&[client]),
-            limited: Limit::ALL
-                .map(|limit| self.limited.with_label_values(&[client, limit.label()])),
-        }
-    }
-}
-
-fn opts(name: &str, help: &str) -> Opts {
-    Opts::new(format!("{PREFIX}_{name}"), help)
-}
-
-/// Metric definitions are constants of this file; a failure here is a programming error caught by
-/// every test that builds [`Metrics`].
-fn register<C: prometheus::core::Collector + Clone + 'static>(
-    registry: &Registry,
-    collector: prometheus::Result<C>,
-) -> C {
-    let collector = collector.expect("valid metric definition");
-    registry
-        .register(Box::new(collector.clone()))
-        .expect("metric names are unique");
-    collector
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     #[test]
     fn renders_prefixed_names_with_bounded_labels() {

@@ -3,9 +3,11 @@
 //! reports here.
 
 pub mod audit;
+mod client_metrics;
 pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
+mod registry;
 
 use std::fmt::Display;
 

@@ -47,6 +47,23 @@ impl Pressure {
         self.held_until.fetch_max(until, Ordering::Relaxed);
     }
 
+    /// Whether the identity is held now. Every request asks: when it never was, or its hold
+    /// has been seen to end (and cleared), that is one atomic read and no clock.
+    pub fn is_held(&self) -> bool {
+        let until = self.held_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        if until > millis_since_base(Instant::now()) {
+            return true;
+        }
+        // A newer hold may have come meanwhile: only the one seen ending is cleared.
+        let _ = self
+            .held_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        false
+    }
+
     /// How long the identity is still held; zero when it is not.
     pub fn held_for(&self) -> Duration {
         let until = self.held_until.load(Ordering::Relaxed);
@@ -92,7 +109,9 @@ mod tests {
             .expect("free");
         assert_eq!(started.elapsed(), Duration::ZERO);
 
+        assert!(!pressure.is_held());
         pressure.hold(Duration::from_secs(8));
+        assert!(pressure.is_held());
         assert!(pressure.held_for() > Duration::from_secs(7));
         pressure
             .take_turn(Priority::High, bound)
