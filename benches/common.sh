@@ -73,12 +73,12 @@ proxy_and_upstream() {
   [[ -x $UPSTREAM_BIN && -x $PROXY_BIN ]] || die "release binaries missing (build them or unset SKIP_BUILD)"
 }
 
-# wait_http URL SECONDS PID: until URL answers 200, the process died, or time is up
+# wait_http URL SECONDS PID [HEADER]: until URL answers 200, the process died, or time is up
 wait_http() {
-  local url=$1 secs=$2 pid=$3 i
+  local url=$1 secs=$2 pid=$3 header=${4:-X-Bench: wait} i
   for ((i = 0; i < secs * 10; i++)); do
     kill -0 "$pid" 2>/dev/null || return 1
-    [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
+    [[ $(curl -s -H "$header" -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true) == 200 ]] && return 0
     sleep 0.1
   done
   return 1
@@ -102,10 +102,49 @@ upstream_token() {
   echo "$token"
 }
 
-# write_nginx_conf DIR PORT UP_PORT TOKEN WORKERS BUFFER MASTER(on|off): nginx as the same
-# token-injecting reverse proxy (see compare.sh's header for each choice).
+# write_nginx_conf DIR PORT UP_PORT TOKEN WORKERS BUFFER MASTER(on|off) [KEY]: nginx as the same
+# token-injecting reverse proxy (see compare.sh's header for each choice). With KEY, nginx does
+# the proxy's whole job with stock directives: the client from `Authorization` by a `map` of the
+# literal key (stock nginx cannot hash), an allowlist of method and path (`map` of regexes, as
+# the proxy's bench rules), `$request_id` sent upstream and returned, a JSON access line with
+# the audit line's fields, and the header-read, connect and response timeouts set.
 write_nginx_conf() {
-  local n=$1 port=$2 up=$3 token=$4 workers=$5 buffer=$6 master=$7
+  local n=$1 port=$2 up=$3 token=$4 workers=$5 buffer=$6 master=$7 key=${8:-}
+  local http_job="" location_job="" log="combined"
+  if [[ -n $key ]]; then
+    local basic
+    basic=$(printf 'bench:%s' "$key" | base64 -w0)
+    log="audit"
+    http_job=$(
+      cat <<JOB
+  # Before the maps: the literal credentials are longer than the default bucket holds.
+  map_hash_bucket_size 256;
+  log_format audit escape=json '{"time":"\$time_iso8601","request_id":"\$request_id","client":"\$client","peer":"\$remote_addr","rule":"\$rule","method":"\$request_method","path":"\$uri","status":\$status,"request_bytes":\$request_length,"response_bytes":\$bytes_sent,"duration":\$request_time,"upstream":"\$upstream_response_time"}';
+  map \$http_authorization \$client {
+    default "";
+    "Basic $basic" bench;
+    "Bearer $key" bench;
+  }
+  map "\$client:\$request_method:\$uri" \$rule {
+    default "";
+    "~^bench:GET:/small\$" "GET /small";
+    "~^bench:GET:/download\$" "GET /download";
+    "~^bench:(PUT|POST):/upload\$" "PUT,POST /upload";
+    "~^bench:(GET|POST):/contoso/web/_git/web/" "GET,POST /contoso/web/_git/web/**";
+  }
+  client_header_timeout 10s;
+JOB
+    )
+    location_job=$(
+      cat <<JOB
+      if (\$client = "") { return 401; }
+      if (\$rule = "") { return 403; }
+      proxy_set_header X-Request-Id \$request_id;
+      add_header X-Request-Id \$request_id always;
+      proxy_connect_timeout 10s;
+JOB
+    )
+  fi
   mkdir -p "$n"/{client_body,proxy,fastcgi,uwsgi,scgi}
   cat >"$n/nginx.conf" <<CONF
 worker_processes $workers;
@@ -116,7 +155,8 @@ error_log $n/error.log warn;
 worker_rlimit_nofile 65536;
 events { worker_connections 8192; }
 http {
-  access_log $n/access.log combined buffer=64k flush=100ms;
+$http_job
+  access_log $n/access.log $log buffer=64k flush=100ms;
   client_body_temp_path $n/client_body;
   proxy_temp_path $n/proxy;
   fastcgi_temp_path $n/fastcgi;
@@ -133,6 +173,7 @@ http {
   server {
     listen 127.0.0.1:$port;
     location / {
+$location_job
       proxy_pass http://ado;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
@@ -164,10 +205,11 @@ start_nginx() {
   PIDS+=("$NGINX_PID")
 }
 
-# write_proxy_conf DIR PORT ADMIN_PORT UP_PORT: sidecar mode, no client keys (like nginx, which
-# authenticates no one), one allow-all rule.
+# write_proxy_conf DIR PORT ADMIN_PORT UP_PORT [KEY]: sidecar mode, no client keys (like plain
+# nginx, which authenticates no one), one allow-all rule; with KEY, keys mode with one client of
+# that key and the same few rules as nginx's same-job allowlist.
 write_proxy_conf() {
-  local p=$1
+  local p=$1 key=${5:-}
   mkdir -p "$p"
   cat >"$p/config.toml" <<CONF
 [listen]
@@ -189,6 +231,26 @@ authority = "http://127.0.0.1:$4"
 mode = "open"
 allow = [{ methods = ["*"], path = "/**" }]
 CONF
+  if [[ -n $key ]]; then
+    local hash
+    hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)
+    sed -i '/^# Sidecar mode/,$d' "$p/config.toml"
+    cat >>"$p/config.toml" <<CONF
+[inbound]
+mode = "keys"
+
+[[clients]]
+name = "bench"
+key_sha256 = "$hash"
+allow = [
+  { methods = ["GET"], path = "/small" },
+  { methods = ["GET"], path = "/download" },
+  { methods = ["PUT", "POST"], path = "/upload" },
+  { methods = ["GET", "POST"], path = "/contoso/web/_git/web/**" },
+]
+CONF
+    return
+  fi
   # Builds from before client keys existed have no [inbound] section (unknown keys are errors).
   local out
   if ! out=$(AZURE_CLIENT_SECRET=bench-not-a-secret timeout 30 "$PROXY_BIN" --config "$p/config.toml" check 2>&1 9>&-) &&
@@ -203,7 +265,8 @@ start_proxy() {
   local p=$1
   shift
   AZURE_CLIENT_SECRET=bench-not-a-secret RUST_LOG=${PROXY_RUST_LOG:-info} \
-    "$@" "$PROXY_BIN" --config "$p/config.toml" run >"$p/stdout.log" 2>"$p/stderr.log" 9>&- &
+    "$@" "$PROXY_BIN" ${PROXY_LOG_FORMAT:+--log-format "$PROXY_LOG_FORMAT"} --config "$p/config.toml" run \
+    >"$p/stdout.log" 2>"$p/stderr.log" 9>&- &
   PROXY_PID=$!
   PIDS+=("$PROXY_PID")
 }

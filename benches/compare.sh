@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Compare ado-auth-proxy with nginx, with hyper alone (bare) and with no proxy at all, in front of
-# a loopback upstream.
+# Compare ado-auth-proxy with nginx (plain, and doing the proxy's job), with hyper alone (bare)
+# and with no proxy at all, in front of a loopback upstream.
 #
-#   benches/compare.sh                       # direct, nginx, bare and proxy; 3 rounds of 10 s runs
+#   benches/compare.sh                       # direct, nginx, nginx_job, bare and proxy; 3 rounds
 #   TARGETS="direct nginx" ROUNDS=1 DURATION=5s benches/compare.sh
 #
 # Environment (defaults in brackets):
-#   TARGETS        which targets to measure ["direct nginx bare proxy"]; bare is hyper's server and
-#                  client with nothing else (benches/bare_proxy.rs), the floor of the proxy's stack
+#   TARGETS        which targets to measure ["direct nginx nginx_job bare proxy"]; bare is hyper's
+#                  server and client with nothing else (benches/bare_proxy.rs), the floor of the
+#                  proxy's stack; nginx_job is nginx doing the proxy's job with stock directives
+#                  (see write_nginx_conf in common.sh: a client key map, an allowlist map, the
+#                  request id, a JSON access line with the audit line's fields, timeouts)
 #   ROUNDS         rounds; the target order rotates every round, the table shows medians [3]
 #   DURATION       wrk duration of each small-request run [10s]
 #   CONNECTIONS    wrk connection counts for the small-request runs ["16 128"]
@@ -18,8 +21,8 @@
 #   PROXY_RUST_LOG RUST_LOG of the proxy; info writes the audit line per request [info]
 #   HOLD_CARGO_LOCK=0  do not hold /tmp/cargo.lock while measuring (see below) [1]
 #   BENCH_UPSTREAM_THREADS  tokio worker threads of the upstream [1]
-#   UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT BARE_PORT  loopback ports
-#                  [18081 18082 18083 18093 18084]
+#   UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT BARE_PORT NGINX_JOB_PORT  loopback ports
+#                  [18081 18082 18083 18093 18084 18085]
 #   RESULTS        where the markdown table goes [benches/results.md]
 #   SKIP_BUILD=1   use the binaries already in target/release
 #   KEEP_WORK=1    keep the temporary directory (configs, logs) after the run
@@ -51,12 +54,16 @@
 #   one upstream connection per client connection, only Authorization and Host replaced; no
 #   logs, metrics, checks or timeouts. What the proxy's stack costs before the proxy adds anything
 #   (it also does less than nginx here: no access log);
+# - the proxy runs in keys mode with one client, four rules and its audit line on (JSON, like
+#   nginx_job's access line); every request of every target carries that client's key as Basic
+#   credentials (ignored by direct, nginx and bare). The proxy also rewrites the Azure DevOps URL
+#   in /small's JSON body, which no nginx row does;
 # - CPU per request counts the system under test only (the proxy or bare process; nginx master
 #   + workers); for "direct" it is the upstream's own cost, for reference.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARGETS=${TARGETS:-"direct nginx bare proxy"}
+TARGETS=${TARGETS:-"direct nginx nginx_job bare proxy"}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-"16 128"}
@@ -71,6 +78,7 @@ NGINX_PORT=${NGINX_PORT:-18082}
 PROXY_PORT=${PROXY_PORT:-18083}
 PROXY_ADMIN_PORT=${PROXY_ADMIN_PORT:-18093}
 BARE_PORT=${BARE_PORT:-18084}
+NGINX_JOB_PORT=${NGINX_JOB_PORT:-18085}
 RESULTS=${RESULTS:-$ROOT/benches/results.md}
 SKIP_BUILD=${SKIP_BUILD:-0}
 KEEP_WORK=${KEEP_WORK:-0}
@@ -82,7 +90,7 @@ source "$ROOT/benches/common.sh"
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 
 for t in $TARGETS; do
-  case $t in direct | nginx | bare | proxy) ;; *) die "unknown target '$t' (direct, nginx, bare, proxy)" ;; esac
+  case $t in direct | nginx | nginx_job | bare | proxy) ;; *) die "unknown target '$t' (direct, nginx, nginx_job, bare, proxy)" ;; esac
 done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ $DURATION =~ ^[1-9][0-9]*s$ ]] || die "DURATION must be seconds, like 10s"
@@ -94,7 +102,7 @@ DURATION_S=${DURATION%s}
 # ---------------------------------------------------------------------------------------------
 # Tools
 need_tools wrk:wrk curl:curl
-has_target nginx && need_tools nginx:nginx-light
+{ has_target nginx || has_target nginx_job; } && need_tools nginx:nginx-light
 
 # ---------------------------------------------------------------------------------------------
 # Build (the cargo lock serialises builds on this shared machine)
@@ -118,6 +126,7 @@ bench_init
 
 ports=("$UP_PORT")
 has_target nginx && ports+=("$NGINX_PORT")
+has_target nginx_job && ports+=("$NGINX_JOB_PORT")
 has_target proxy && ports+=("$PROXY_PORT" "$PROXY_ADMIN_PORT")
 has_target bare && ports+=("$BARE_PORT")
 ports_free "${ports[@]}"
@@ -128,19 +137,33 @@ TOKEN=$(upstream_token "$UP_PORT")
 
 declare -A URL
 URL[direct]="http://127.0.0.1:$UP_PORT"
+# The one client's key, sent by every request to every target.
+CLIENT_KEY=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+AUTH="Authorization: Basic $(printf 'bench:%s' "$CLIENT_KEY" | base64 -w0)"
 
 if has_target nginx; then
   N=$WORK/nginx
   write_nginx_conf "$N" "$NGINX_PORT" "$UP_PORT" "$TOKEN" "$NGINX_WORKERS" "$NGINX_BUFFER" on
   start_nginx "$N"
+  NGINX_PLAIN_PID=$NGINX_PID
   wait_http "http://127.0.0.1:$NGINX_PORT/small" 10 "$NGINX_PID" || die "nginx did not start: $(cat "$N/error.log")"
   URL[nginx]="http://127.0.0.1:$NGINX_PORT"
 fi
 
+if has_target nginx_job; then
+  J=$WORK/nginx_job
+  write_nginx_conf "$J" "$NGINX_JOB_PORT" "$UP_PORT" "$TOKEN" "$NGINX_WORKERS" "$NGINX_BUFFER" on "$CLIENT_KEY"
+  start_nginx "$J"
+  NGINX_JOB_PID=$NGINX_PID
+  wait_http "http://127.0.0.1:$NGINX_JOB_PORT/small" 10 "$NGINX_JOB_PID" "$AUTH" ||
+    die "nginx_job did not start: $(cat "$J/error.log")"
+  URL[nginx_job]="http://127.0.0.1:$NGINX_JOB_PORT"
+fi
+
 if has_target proxy; then
   P=$WORK/proxy
-  write_proxy_conf "$P" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$UP_PORT"
-  start_proxy "$P"
+  write_proxy_conf "$P" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$UP_PORT" "$CLIENT_KEY"
+  PROXY_LOG_FORMAT=json start_proxy "$P"
   wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 30 "$PROXY_PID" ||
     die "proxy not ready: $(tail -n 20 "$P/stderr.log")"
   URL[proxy]="http://127.0.0.1:$PROXY_PORT"
@@ -152,9 +175,18 @@ if has_target bare; then
   URL[bare]="http://127.0.0.1:$BARE_PORT"
 fi
 
+# The targets doing the job must enforce it: no key is a 401, a call no rule allows a 403.
+for t in nginx_job proxy; do
+  has_target "$t" || continue
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "${URL[$t]}/small" || true)
+  [[ $code == 401 ]] || die "$t: GET /small without the key answered $code, not 401"
+  code=$(curl -s -H "$AUTH" -o /dev/null -w '%{http_code}' --max-time 5 "${URL[$t]}/contoso/other" || true)
+  [[ $code == 403 ]] || die "$t: a call no rule allows answered $code, not 403"
+done
+
 # Every target must answer /small like the upstream does (a proxy answering 401 would look fast).
 for t in $TARGETS; do
-  code=$(curl -s -o "$WORK/small.$t" -w '%{http_code}' --max-time 5 "${URL[$t]}/small" || true)
+  code=$(curl -s -H "$AUTH" -o "$WORK/small.$t" -w '%{http_code}' --max-time 5 "${URL[$t]}/small" || true)
   [[ $code == 200 ]] || die "$t: GET /small answered $code: $(head -c 300 "$WORK/small.$t")"
   cmp -s "$WORK/small.direct" "$WORK/small.$t" ||
     log "note: $t's /small body differs from the upstream's ($(wc -c <"$WORK/small.$t") vs $(wc -c <"$WORK/small.direct") bytes)"
@@ -170,7 +202,8 @@ record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RES"; } # target me
 # pids of the system under test (nginx: master and its workers), on one line
 sut_pids() {
   case $1 in
-    nginx) echo "$NGINX_PID" "$(pgrep -P "$NGINX_PID" | tr '\n' ' ' || true)" ;;
+    nginx) echo "$NGINX_PLAIN_PID" "$(pgrep -P "$NGINX_PLAIN_PID" | tr '\n' ' ' || true)" ;;
+    nginx_job) echo "$NGINX_JOB_PID" "$(pgrep -P "$NGINX_JOB_PID" | tr '\n' ' ' || true)" ;;
     proxy) echo "$PROXY_PID" ;;
     bare) echo "$BARE_PID" ;;
     direct) echo "$UP_PID" ;;
@@ -235,7 +268,7 @@ run_small() { # target connections round
   reset_peak_rss "${sut[@]}"
   before=$(cpu_ticks "${sut[@]}")
   out=$(timeout $((DURATION_S + 30)) wrk -t"$WRK_THREADS" -c"$c" -d"$DURATION" --timeout 10s \
-    -s "$WORK/report.lua" "${URL[$t]}/small" 2>&1) || die "wrk failed against $t: $out"
+    -H "$AUTH" -s "$WORK/report.lua" "${URL[$t]}/small" 2>&1) || die "wrk failed against $t: $out"
   after=$(cpu_ticks "${sut[@]}")
   line=$(grep '^RESULT ' <<<"$out") || die "no wrk result: $out"
   read -r _ reqs dur_us errs p50 p99 <<<"$line"
@@ -261,13 +294,13 @@ run_stream() { # target round
   sample_peak_pss "$pss" "${sut[@]}" &
   sampler=$!
   PIDS+=("$sampler")
-  out=$(curl -s -o /dev/null --max-time 600 -w '%{speed_download} %{size_download} %{http_code}' \
+  out=$(curl -s -H "$AUTH" -o /dev/null --max-time 600 -w '%{speed_download} %{size_download} %{http_code}' \
     "${URL[$t]}/download?bytes=$STREAM_BYTES") || die "$t: download failed ($out)"
   read -r speed size code <<<"$out"
   [[ $code == 200 && $size == "$STREAM_BYTES" ]] || die "$t: download got $code, $size bytes"
   record "$t" dl "$r" "$(awk -v s="$speed" 'BEGIN { printf "%.0f", s / 1048576 }')"
   out=$(head -c "$STREAM_BYTES" /dev/zero |
-    curl -s -T - -H 'Transfer-Encoding: chunked' -H 'Expect:' --max-time 600 \
+    curl -s -H "$AUTH" -T - -H 'Transfer-Encoding: chunked' -H 'Expect:' --max-time 600 \
       -o "$WORK/upload.out" -w '%{speed_upload} %{http_code}' "${URL[$t]}/upload") ||
     die "$t: upload failed ($out)"
   read -r speed code <<<"$out"
@@ -291,8 +324,8 @@ n=${#targets[@]}
 
 log "warm-up"
 for t in "${targets[@]}"; do
-  timeout 30 wrk -t"$WRK_THREADS" -c128 -d2s "${URL[$t]}/small" >/dev/null 2>&1 || die "warm-up of $t failed"
-  curl -s -o /dev/null --max-time 60 "${URL[$t]}/download?bytes=67108864"
+  timeout 30 wrk -t"$WRK_THREADS" -c128 -d2s -H "$AUTH" "${URL[$t]}/small" >/dev/null 2>&1 || die "warm-up of $t failed"
+  curl -s -H "$AUTH" -o /dev/null --max-time 60 "${URL[$t]}/download?bytes=67108864"
 done
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -332,6 +365,7 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
   echo "- median of $ROUNDS rounds; target order rotated per round; \`GET /small\` answers $(wc -c <"$WORK/small.direct") bytes of JSON; CPU is user+system time of the server under test (direct: the upstream itself) per request; RSS is the peak (VmHWM, reset before each run), summed over the server's processes (nginx: master and workers, which share their binary, libraries and pre-fork heap, so the sum counts those pages more than once); PSS divides shared pages among the processes that share them, sampled every 50 ms while streaming"
   logs=""
   has_target nginx && logs+=" nginx access.log $(wc -l <"$WORK/nginx/access.log") lines;"
+  has_target nginx_job && logs+=" nginx_job access.log $(wc -l <"$WORK/nginx_job/access.log") lines;"
   has_target proxy && logs+=" proxy stderr $(wc -l <"$WORK/proxy/stderr.log") lines;"
   [[ -z $logs ]] || echo "- per-request logging (sanity check):${logs%;}"
   echo
@@ -339,6 +373,7 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
   sep="|---|"
   for t in "${targets[@]}"; do header+=" $t |"; sep+="---:|"; done
   if has_target nginx && has_target proxy; then header+=" proxy / nginx |"; sep+="---:|"; fi
+  if has_target nginx_job && has_target proxy; then header+=" proxy / nginx_job |"; sep+="---:|"; fi
   echo "$header"
   echo "$sep"
   rows=()
@@ -352,10 +387,11 @@ dirty=$(git -C "$ROOT" status --porcelain 2>/dev/null | head -n 1)
     m=${row%%|*}
     line="| ${row#*|} |"
     for t in "${targets[@]}"; do line+=" $(median "$t" "$m") |"; done
-    if has_target nginx && has_target proxy; then
-      line+=" $(awk -v a="$(median proxy "$m")" -v b="$(median nginx "$m")" \
+    for base in nginx nginx_job; do
+      if ! has_target "$base" || ! has_target proxy; then continue; fi
+      line+=" $(awk -v a="$(median proxy "$m")" -v b="$(median $base "$m")" \
         'BEGIN { if (b + 0 == 0) print "-"; else printf "%.2f", a / b }') |"
-    fi
+    done
     echo "$line"
   done
 } >"$WORK/table.md"
