@@ -3,10 +3,12 @@
 //! before the first real request: wrong tenant, expired secret, a principal never added to the
 //! organization.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine as _;
+use http::HeaderValue;
 use serde_json::Value;
 
 use crate::config::{Config, Identity};
@@ -29,7 +31,9 @@ pub fn offline(config: &Config) -> Result<String, String> {
     ))
 }
 
-pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool) {
+/// With `rules`, each client's rules are then put to Azure DevOps with its identity's token
+/// (see [`crate::doctor`]).
+pub async fn check(config: &Config, organization: Option<&str>, rules: bool) -> (String, bool) {
     let mut report = String::from("configuration: valid\n");
     if let Some(org) = organization
         && (org.is_empty() || org.starts_with('_') || org.contains(['/', '?', '#', '%', ' ']))
@@ -44,8 +48,9 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
             return (report, false);
         }
     };
-    // Through the egress proxy as the forwarding client goes: check must see what `run` will see.
-    let devops = match crate::token::endpoint::build(tls.clone(), &config.upstream.egress) {
+    // The way forwarded requests go (egress proxy, upstream.resolve): check must see what `run`
+    // will see.
+    let devops = match crate::egress::devops_client(&config.upstream, &tls) {
         Ok(client) => client,
         Err(error) => {
             let _ = writeln!(report, "cannot build the HTTP client: {error}");
@@ -58,8 +63,9 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
         None => format!("{upstream}/_apis/connectionData"),
     };
     let mut all_passed = true;
+    let mut tokens = HashMap::new();
     for identity in &config.identities {
-        all_passed &= check_identity(
+        let (passed, bearer) = check_identity(
             identity,
             &tls,
             &config.upstream.egress,
@@ -68,8 +74,14 @@ pub async fn check(config: &Config, organization: Option<&str>) -> (String, bool
             &mut report,
         )
         .await;
+        all_passed &= passed;
+        if let Some(bearer) = bearer {
+            tokens.insert(identity.name.clone(), bearer);
+        }
     }
-    if organization.is_none() {
+    if rules {
+        all_passed &= crate::doctor::check_rules(config, &devops, &tokens, &mut report).await;
+    } else if organization.is_none() {
         report.push_str(
             "(pass --organization ORG to check that each principal is a member of that organization)\n",
         );
@@ -84,7 +96,7 @@ async fn check_identity(
     devops: &reqwest::Client,
     connection_data: &str,
     report: &mut String,
-) -> bool {
+) -> (bool, Option<HeaderValue>) {
     let _ = write!(
         report,
         "identity {} ({}",
@@ -102,14 +114,14 @@ async fn check_identity(
         Ok(source) => source,
         Err(error) => {
             let _ = writeln!(report, "FAILED: {error}");
-            return false;
+            return (false, None);
         }
     };
     let token = match source.fetch().await {
         Ok(token) => token,
         Err(error) => {
             let _ = writeln!(report, "FAILED: {error}");
-            return false;
+            return (false, None);
         }
     };
     let _ = writeln!(
@@ -153,7 +165,7 @@ async fn check_identity(
                 "  Azure DevOps: FAILED: {connection_data} unreachable: {}",
                 crate::error::describe(&error)
             );
-            return false;
+            return (false, Some(token.bearer));
         }
     };
     let status = response.status();
@@ -171,7 +183,7 @@ async fn check_identity(
                 report,
                 "  Azure DevOps: FAILED: the token was not accepted (answered as anonymous)"
             );
-            return false;
+            return (false, Some(token.bearer));
         }
         let _ = writeln!(
             report,
@@ -179,7 +191,7 @@ async fn check_identity(
             printable(name),
             printable(user["id"].as_str().unwrap_or("?"))
         );
-        return true;
+        return (true, Some(token.bearer));
     }
     let message = body["message"].as_str().unwrap_or_default();
     let _ = writeln!(
@@ -206,7 +218,7 @@ async fn check_identity(
     if let Some(hint) = hint {
         let _ = writeln!(report, "  Hint: {hint}");
     }
-    false
+    (false, Some(token.bearer))
 }
 
 /// The claims of a JWT, unverified: only for showing who the token says it is.

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::proxy::matcher::Matcher;
 use tower_service::Service;
 
-use crate::config::Egress;
+use crate::config::{Egress, Upstream};
 
 /// Reached directly whatever `NO_PROXY` says.
 const ALWAYS_DIRECT: &str = "localhost,127.0.0.0/8,::1,169.254.0.0/16";
@@ -34,6 +34,28 @@ pub fn reqwest_builder(
     };
     let no_proxy = reqwest::NoProxy::from_string(&no_proxy_list(egress));
     Ok(builder.proxy(reqwest::Proxy::https(proxy.expose())?.no_proxy(no_proxy)))
+}
+
+/// The client for Azure DevOps REST calls made beside the request path (feed GUIDs, `check`):
+/// the way a forwarded request goes (egress proxy, `upstream.resolve`, the same TLS roots), and
+/// no redirects, so the token never follows one.
+pub fn devops_client(
+    upstream: &Upstream,
+    tls: &rustls::ClientConfig,
+) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest_builder(
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(upstream.connect_timeout)
+            .timeout(std::time::Duration::from_secs(30))
+            .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION"))),
+        &upstream.egress,
+    )?;
+    for (host, address) in &upstream.resolve {
+        builder = builder.resolve(host, *address);
+    }
+    builder.build()
 }
 
 fn no_proxy_list(egress: &Egress) -> String {

@@ -58,21 +58,7 @@ pub fn spawn_resolvers(
              feeds' GUIDs with the identity's token"
         ));
     }
-    let mut http = crate::egress::reqwest_builder(
-        reqwest::Client::builder()
-            .tls_backend_preconfigured(tls.clone())
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.upstream.connect_timeout)
-            .timeout(Duration::from_secs(30))
-            .user_agent(concat!("ado-auth-proxy/", env!("CARGO_PKG_VERSION"))),
-        &config.upstream.egress,
-    )
-    .map_err(|e| format!("cannot build the feed lookup client: {e}"))?;
-    for (host, address) in &config.upstream.resolve {
-        http = http.resolve(host, *address);
-    }
-    let http = http
-        .build()
+    let http = crate::egress::devops_client(&config.upstream, tls)
         .map_err(|e| format!("cannot build the feed lookup client: {e}"))?;
     feeds
         .into_iter()

@@ -15,7 +15,8 @@
 //! Layers, each importing only those below it:
 //!
 //! - [`app`]: the composition root; [`server`]: listeners, workers, drain, admin endpoints;
-//!   [`check`]: the `check` command; [`suggest`]: `rules suggest`, allow rules from audit lines.
+//!   [`check`]: the `check` command, [`doctor`] its `--rules`; [`suggest`]: `rules suggest`,
+//!   allow rules from audit lines.
 //! - [`proxy`]: the request stages, in the order above.
 //! - [`token`]: token caches, their refreshers and one source per credential kind; [`feeds`]:
 //!   the GUIDs of the feeds rules name, learned with a token.
@@ -26,6 +27,7 @@
 pub mod app;
 pub mod check;
 pub mod config;
+pub mod doctor;
 pub mod egress;
 pub mod error;
 pub mod feeds;

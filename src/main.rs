@@ -48,6 +48,10 @@ enum Command {
         /// Validate only, with no network: what a reload would load (CI of configuration repos).
         #[arg(long, conflicts_with = "organization")]
         offline: bool,
+        /// Also ask Azure DevOps, with each client's identity, whether every rule can work
+        /// (organization, project, repository, feed), and say how to grant what is missing.
+        #[arg(long, conflicts_with = "offline")]
+        rules: bool,
     },
     /// Exit 0 when the admin listener's /readyz answers 200 (for container HEALTHCHECKs).
     Healthcheck,
@@ -132,9 +136,13 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             },
-            Command::Check { organization, .. } => {
+            Command::Check {
+                organization,
+                rules,
+                ..
+            } => {
                 let (report, passed) =
-                    ado_auth_proxy::check::check(&config, organization.as_deref()).await;
+                    ado_auth_proxy::check::check(&config, organization.as_deref(), rules).await;
                 print!("{report}");
                 if passed {
                     ExitCode::SUCCESS

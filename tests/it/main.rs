@@ -10,6 +10,7 @@ mod fakes;
 mod access;
 mod cli;
 mod deploy;
+mod doctor;
 mod egress;
 mod fairness;
 mod forwarding;

@@ -6,6 +6,9 @@
 //! DevOps hands out: resource areas on sibling hosts, feed links, redirects to other hosts and to
 //! blob storage.
 //!
+//! What the principal may see (projects, repositories, feeds, organizations) is in
+//! `azure_access`: everything, until a test denies some of it ([`FakeAzure::deny`]).
+//!
 //! Beside it, a plain-HTTP fake blob store that refuses any request carrying `Authorization`, as
 //! Azure Storage does for SAS URLs.
 
@@ -19,11 +22,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use super::azure_access::Access;
 use super::{Body, Server, fixtures, full, json_response, jwt};
 
 /// The feed `internal` of `contoso`, as its service indexes and download links name it.
@@ -64,6 +68,7 @@ pub struct FakeAzure {
     canned: Arc<Mutex<Vec<Canned>>>,
     /// `Authorization` values refused although correctly signed.
     revoked: Arc<Mutex<Vec<String>>>,
+    access: Arc<Access>,
     /// The fake Entra ID's signing key, once it is known.
     key: Arc<OnceLock<Vec<u8>>>,
     task: JoinHandle<()>,
@@ -81,7 +86,14 @@ impl FakeAzure {
         let key: Arc<OnceLock<Vec<u8>>> = Arc::default();
         let canned: Arc<Mutex<Vec<Canned>>> = Arc::default();
         let revoked: Arc<Mutex<Vec<String>>> = Arc::default();
-        let state = Arc::new((key.clone(), blob, canned.clone(), revoked.clone()));
+        let access: Arc<Access> = Arc::default();
+        let state = Arc::new((
+            key.clone(),
+            blob,
+            canned.clone(),
+            revoked.clone(),
+            access.clone(),
+        ));
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (acceptor, recorder, state) =
@@ -100,6 +112,7 @@ impl FakeAzure {
                                     &state.1,
                                     &state.2,
                                     &state.3,
+                                    &state.4,
                                     request,
                                 )
                                 .await,
@@ -117,9 +130,17 @@ impl FakeAzure {
             seen,
             canned,
             revoked,
+            access,
             key,
             task,
         }
+    }
+
+    /// From now on the principal may not see `resource`: an organization (`fabrikam`), a
+    /// project (`contoso/secret`), a repository (`contoso/web/_git/infra`) or a feed
+    /// (`contoso/_packaging/internal`, `contoso/web/_packaging/releases`).
+    pub fn deny(&self, resource: &str) {
+        self.access.deny(resource);
     }
 
     /// Answers `https://{host}{path}` (with a valid token) with a redirect to `location`.
@@ -205,6 +226,7 @@ async fn answer(
     blob: &str,
     canned: &Mutex<Vec<Canned>>,
     revoked: &Mutex<Vec<String>>,
+    access: &Access,
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (request, body) = request.into_parts();
@@ -230,10 +252,11 @@ async fn answer(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let token_valid = authorization
+    let claims = authorization
         .as_deref()
         .and_then(|value| value.strip_prefix("Bearer "))
-        .is_some_and(|token| signing_key.is_some_and(|key| jwt::verify(token, key).is_ok()))
+        .and_then(|token| signing_key.and_then(|key| jwt::verify(token, key).ok()));
+    let token_valid = claims.is_some()
         && !authorization
             .as_ref()
             .is_some_and(|value| revoked.lock().expect("revoked lock").contains(value));
@@ -280,6 +303,9 @@ async fn answer(
             .header(header::CONTENT_TYPE, content_type)
             .body(full(body))
             .expect("response");
+    }
+    if let Some(answer) = access.answer(&host, path, claims.as_ref().unwrap_or(&Value::Null)) {
+        return answer;
     }
     match (host.as_str(), path) {
         // A Maven repository has what was set up, and nothing else.

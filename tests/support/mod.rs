@@ -8,6 +8,7 @@
 
 pub mod assertion;
 pub mod azure;
+pub mod azure_access;
 pub mod corporate;
 pub mod devops;
 pub mod entra;
