@@ -339,14 +339,15 @@ impl Proxy {
                 mount,
             })) => {
                 exchange.record_admission(Some(client), rule);
-                if rule.is_none() {
-                    exchange.set_would_deny();
-                }
                 let admitted = &exchange.snapshot().clients[client];
                 let (token, priority) = (admitted.token.clone(), admitted.priority);
                 match admitted.limits.admit() {
                     Ok(slot) => exchange.hold_slot(slot),
                     Err(rejection) => return Start::Rejected(Some(rejection)),
+                }
+                // Only what goes to Azure DevOps: a call its limits refused was not forwarded.
+                if rule.is_none() {
+                    exchange.set_would_deny();
                 }
                 self.start(Destination::new(token, priority), mount, request, exchange)
             }

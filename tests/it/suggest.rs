@@ -367,3 +367,67 @@ async fn rules_suggest_exits_2_naming_what_it_cannot_read() {
     assert!(output.status.success());
     assert!(text(&output.stdout).contains("nothing to suggest"));
 }
+
+/// Learn mode end to end through the binary: a learning client's refused call goes through and is
+/// logged `learn=would_deny`; `rules suggest` on that log counts it and suggests a rule the
+/// configuration then accepts; and the same client's rate limit answers 429 with `Retry-After`.
+#[tokio::test]
+async fn a_learning_clients_log_becomes_rules_and_its_rate_limit_answers_429() {
+    let fakes = Fakes::start().await;
+    let key = "learning-client-key-0123456789";
+    let hash = hex(&sha2::Sha256::digest(key.as_bytes()));
+    let config = fakes.dir.path().join("learn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listen]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n{}\n[inbound]\nmode = \"keys\"\n\
+             [[clients]]\nname = \"exporter\"\nkey_sha256 = \"{hash}\"\nlearn = true\n\
+             max_requests_per_second = 0.2\nburst = 3\n\
+             allow = [{{ methods = [\"GET\"], path = \"/contoso/web/_apis/**\" }}]\n",
+            fakes.devops.url(),
+            fakes.entra.identity_toml(None),
+        ),
+    )
+    .expect("config");
+    let child = run(command(&["--config", path_arg(&config)])).await;
+    wait_ready(child.admin.port()).await;
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", child.proxy);
+        async move { support::get(&url, &[("authorization", &basic("tool", key))]).await }
+    };
+    assert_ne!(get("/contoso/web/_apis/git/repositories").await.status, 403);
+    // Outside its rules, forwarded in learn mode (the fake answers for the project list).
+    assert_eq!(get("/contoso/_apis/projects").await.status, 200);
+    assert_eq!(get("/contoso/_apis/projects").await.status, 200);
+    // The burst of 3 is spent: the rate answers.
+    let limited = get("/contoso/_apis/projects").await;
+    assert_eq!(limited.status, 429);
+    assert!(limited.headers.contains_key("retry-after"));
+    let (_, logs) = terminate(child).await;
+    let learned = logs
+        .lines()
+        .filter(|line| line.contains(" audit: ") && line.contains("learn=would_deny"))
+        .count();
+    assert_eq!(learned, 2, "the limited call was not forwarded: {logs}");
+
+    let output = with_stdin(command(&["rules", "suggest"]), logs.as_bytes()).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let suggestion = text(&output.stdout);
+    assert!(suggestion.contains("name = \"exporter\""), "{suggestion}");
+    assert!(
+        suggestion.contains("would_deny"),
+        "the learn-mode calls are counted: {suggestion}"
+    );
+    let loaded = ado_auth_proxy::config::Config::from_toml(&wrapped(&suggestion))
+        .unwrap_or_else(|e| panic!("{e}\n{suggestion}"));
+    let exporter = &loaded.clients[0];
+    let path = ado_auth_proxy::policy::Segments::parse("/contoso/_apis/projects").expect("path");
+    assert!(
+        exporter
+            .allow
+            .judge(&http::Method::GET, &path, None)
+            .is_some(),
+        "the suggested rules admit what learn mode saw: {suggestion}"
+    );
+}
