@@ -151,12 +151,7 @@ async fn check_identity(
         let _ = writeln!(report, "  expires: {}", humantime::format_rfc3339(at));
     }
 
-    let answer = devops
-        .get(connection_data)
-        .header(http::header::AUTHORIZATION, token.bearer.clone())
-        .header("X-TFS-FedAuthRedirect", "Suppress")
-        .send()
-        .await;
+    let answer = crate::egress::get_as(devops, connection_data, &token.bearer).await;
     let mut response = match answer {
         Ok(response) => response,
         Err(error) => {

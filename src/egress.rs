@@ -36,6 +36,21 @@ pub fn reqwest_builder(
     Ok(builder.proxy(reqwest::Proxy::https(proxy.expose())?.no_proxy(no_proxy)))
 }
 
+/// A GET to Azure DevOps as an identity, asking for JSON. `X-TFS-FedAuthRedirect: Suppress` makes
+/// a refused token a 401 rather than a redirect to a sign-in page.
+pub async fn get_as(
+    http: &reqwest::Client,
+    url: &str,
+    bearer: &http::HeaderValue,
+) -> reqwest::Result<reqwest::Response> {
+    http.get(url)
+        .header(http::header::AUTHORIZATION, bearer.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .header("X-TFS-FedAuthRedirect", "Suppress")
+        .send()
+        .await
+}
+
 /// The client for Azure DevOps REST calls made beside the request path (feed GUIDs, `check`):
 /// the way a forwarded request goes (egress proxy, `upstream.resolve`, the same TLS roots), and
 /// no redirects, so the token never follows one.

@@ -104,14 +104,7 @@ pub(super) async fn ask(
         Ok(url) => url,
         Err(why) => return Verdict::NotAsked(why),
     };
-    let answer = http
-        .get(&url)
-        .header(http::header::AUTHORIZATION, bearer.clone())
-        .header(http::header::ACCEPT, "application/json")
-        // A refused token is then a 401, not a redirect to a sign-in page.
-        .header("X-TFS-FedAuthRedirect", "Suppress")
-        .send()
-        .await;
+    let answer = crate::egress::get_as(http, &url, bearer).await;
     let mut response = match answer {
         Ok(response) => response,
         Err(error) => {

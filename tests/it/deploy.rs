@@ -1338,13 +1338,7 @@ fn the_client_secret_variant_loads_with_its_mounted_secret() {
     // check_offline_as_deployed fails unless a mounted Secret provides this file.
     assert!(secret_file.starts_with('/'), "{secret_file}");
     let output = check_offline_as_deployed(&rendered, &[]);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("configuration valid"), "{stdout}");
+    assert_valid(&output);
 }
 
 #[test]
@@ -1402,13 +1396,7 @@ fn the_workload_identity_variant_loads_with_what_the_aks_webhook_injects() {
         ),
     ];
     let output = check_offline_as_deployed(&rendered, &injected);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("configuration valid"), "{stdout}");
+    assert_valid(&output);
 }
 
 /// The unit's `Key=value` settings, in order (a key may repeat).
@@ -1528,13 +1516,7 @@ fn the_systemd_unit_is_hardened_and_its_configuration_loads_with_its_credential(
         )
         .output()
         .expect("the proxy runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(stdout.contains("configuration valid"), "{stdout}");
+    assert_valid(&output);
 }
 
 /// `systemd-analyze verify` and `security` on the unit, where systemd is installed (`.ci/run`
@@ -1587,4 +1569,15 @@ fn systemd_analyze_verifies_the_unit_and_its_exposure_stays_low() {
         stdout.contains("Overall exposure level for ado-auth-proxy.service"),
         "{stdout}{stderr}"
     );
+}
+
+/// `check --offline` passed and said so.
+fn assert_valid(output: &std::process::Output) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("configuration valid"), "{stdout}");
 }
