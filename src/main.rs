@@ -113,7 +113,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The proxy listener is served by its own worker threads (see `App::run`); this runtime
+    // only accepts and runs the admin listener, token refreshers and reloads, which one thread
+    // keeps up with, and each thread more costs memory (its stack and allocator arena).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
     {
