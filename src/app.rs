@@ -362,7 +362,8 @@ impl Running {
         let (snapshot, feeds) = match built {
             Ok(built) => built,
             Err(error) => {
-                // Back to the identities of the configuration that stays in force.
+                // Back to the issuers and identities of the configuration that stays in force.
+                self.issuers.stop_unused(&self.config);
                 self.identities.reconcile(
                     &self.config.identities,
                     &self.tls,

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
@@ -220,11 +220,19 @@ async fn fetch(
 ) -> Result<KeySet, String> {
     let jwks = match source {
         IssuerKeySource::File(path) => {
+            let too_large = || format!("{}: larger than a JWKS can be", path.display());
+            let length = tokio::fs::metadata(path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?
+                .len();
+            if length > MAX_DOCUMENT_BYTES as u64 {
+                return Err(too_large());
+            }
             let bytes = tokio::fs::read(path)
                 .await
                 .map_err(|e| format!("{}: {e}", path.display()))?;
             if bytes.len() > MAX_DOCUMENT_BYTES {
-                return Err(format!("{}: larger than a JWKS can be", path.display()));
+                return Err(too_large());
             }
             bytes
         }
@@ -290,9 +298,19 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
 /// The signing keys of a JWKS the proxy can use: RSA, and EC on P-256. Others (encryption keys,
 /// other curves, symmetric keys) are left out, so no token can name them.
 pub fn key_set(jwks: &[u8]) -> Result<KeySet, String> {
-    let set: JwkSet = serde_json::from_slice(jwks).map_err(|e| format!("not a JWKS: {e}"))?;
+    #[derive(Deserialize)]
+    struct Entries {
+        keys: Vec<serde_json::Value>,
+    }
+    let set: Entries = serde_json::from_slice(jwks).map_err(|e| format!("not a JWKS: {e}"))?;
     let mut keys = Vec::new();
-    for jwk in set.keys {
+    // One by one: a key of a kind jsonwebtoken cannot read (another curve, an encryption key)
+    // is left out, not a reason to refuse the issuer's other keys.
+    for jwk in set
+        .keys
+        .into_iter()
+        .filter_map(|entry| serde_json::from_value::<Jwk>(entry).ok())
+    {
         if matches!(jwk.common.public_key_use, Some(ref use_) if *use_ != PublicKeyUse::Signature) {
             continue;
         }
@@ -326,4 +344,24 @@ pub fn key_set(jwks: &[u8]) -> Result<KeySet, String> {
         });
     }
     Ok(KeySet { keys })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_the_proxy_cannot_use_are_left_out_not_the_whole_set() {
+        let jwks = br#"{"keys": [
+            {"kty": "EC", "crv": "secp256k1", "kid": "odd", "x": "AAAA", "y": "AAAA"},
+            {"kty": "RSA", "kid": "enc", "use": "enc", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"},
+            {"kty": "RSA", "kid": "sig", "alg": "RS256", "n": "sXchDaQebHnPiGvyDOAT4saGEUetSyo9MKLOoWFsueri23bOdgWp4Dy1WlUzewbgBHod5pcM9H95GQRV3JDXboIRROSBigeC5yjU1hGzHHyXss8UDprecbAYxknTcQkhslANGRUZmdTOQ5qTRsLAt6BTYuyvVRdhS8exSZEy_c4gs_7svlJJQ4H9_NxsiIoLwAEk7-Q3UXERGYw_75IDrGA84-lA_-Ct4eTlXHBIY2EaV7t7LjJaynVJCpkv4LKjTTAumiGUIuQhrNhZLuF_RJLqHpM2kgWFLU7-VTdL1VbC2tejvcI2BlMkEpk1BzBZI0KQB0GaDWFLN-aEAw3vRw", "e": "AQAB"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"}
+        ]}"#;
+        let set = key_set(jwks).expect("a JWKS with one usable key");
+        let kids: Vec<_> = set.keys.iter().map(|k| k.kid.as_deref()).collect();
+        assert_eq!(kids, [Some("sig")]);
+        assert_eq!(set.keys[0].algorithms, [Algorithm::RS256]);
+        assert!(key_set(b"{\"keys\": 1}").is_err());
+    }
 }

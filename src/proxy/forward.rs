@@ -273,7 +273,7 @@ fn hold_for(throttled: bool, signals: &RateLimitSignals) -> Option<Duration> {
         return Some(THROTTLED_HOLD);
     }
     match (signals.remaining, signals.limit) {
-        (Some(remaining), Some(limit)) if limit > 0 && remaining * 20 < limit => {
+        (Some(remaining), Some(limit)) if limit > 0 && remaining < limit / 20 => {
             Some(NEARLY_SPENT_HOLD)
         }
         _ => None,

@@ -95,10 +95,9 @@ impl Gcra {
         loop {
             let next = arrival.max(now).saturating_add(self.interval);
             // `next - now` is how far ahead of the rate this client would be with this request.
-            if next - now > self.tolerance + self.interval {
-                return Err(Duration::from_nanos(
-                    next - self.interval - self.tolerance - now,
-                ));
+            let allowed = self.tolerance.saturating_add(self.interval);
+            if next - now > allowed {
+                return Err(Duration::from_nanos(next - now - allowed));
             }
             match self.arrival.compare_exchange_weak(
                 arrival,

@@ -83,13 +83,30 @@ impl Pressure {
         if share > max_wait {
             return Err(Wait { retry_after: share });
         }
-        if waiting.fetch_add(1, Ordering::Relaxed) >= MAX_WAITING {
-            waiting.fetch_sub(1, Ordering::Relaxed);
+        // Counted down when this request stops waiting, also when its client goes away
+        // mid-wait and the future is dropped.
+        let _waiting = Waiting::enter(waiting);
+        if waiting.load(Ordering::Relaxed) > MAX_WAITING {
             return Err(Wait { retry_after: share });
         }
         tokio::time::sleep(share).await;
-        waiting.fetch_sub(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// One request in a priority's queue, for as long as it exists.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -126,6 +143,18 @@ mod tests {
             .expect_err("low would wait past the bound");
         assert!(refused.retry_after > bound, "{refused:?}");
         assert_eq!(started.elapsed(), Duration::ZERO);
+        // A request whose client went away mid-wait leaves the queue.
+        let pressure = Pressure::default();
+        pressure.hold(Duration::from_secs(8));
+        {
+            let waiting = pressure.take_turn(Priority::Low, bound);
+            tokio::pin!(waiting);
+            let waker = futures_util::task::noop_waker();
+            let mut context = std::task::Context::from_waker(&waker);
+            assert!(waiting.as_mut().poll(&mut context).is_pending());
+            assert_eq!(pressure.waiting[1].load(Ordering::Relaxed), 1);
+        }
+        assert_eq!(pressure.waiting[1].load(Ordering::Relaxed), 0);
         // A hold above a minute is not believed.
         pressure.hold(Duration::from_secs(3600));
         assert!(pressure.held_for() <= MAX_HOLD);

@@ -124,6 +124,14 @@ impl Validator<'_> {
         let Some(authority) = authority else {
             return Err(self.error(key, problem));
         };
+        // Clients disagree on which '@' ends the credentials; an '@' in them must be `%40`.
+        if authority.as_str().matches('@').count() > 1 {
+            return Err(self.error(
+                key,
+                "is not a usable http:// proxy URL: it has more than one '@'; write an '@' in \
+                 the user name or password as %40",
+            ));
+        }
         let host_port = authority
             .as_str()
             .rsplit_once('@')
@@ -196,6 +204,7 @@ mod tests {
         for (upstream, env) in [
             ("proxy = \"https://u:pa55word@proxy.corp:3128\"", vec![]),
             ("proxy = \"socks5://u:pa55word@proxy.corp:1080\"", vec![]),
+            ("proxy = \"http://u:pa55@word@proxy.corp:3128\"", vec![]),
             ("proxy = \"http://u:pa55word@proxy.corp:3128/path\"", vec![]),
             ("", vec![("HTTPS_PROXY", "http://u:pa55word@ bad host")]),
         ] {
