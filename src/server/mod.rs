@@ -16,6 +16,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -201,6 +203,11 @@ struct ConnectionServer {
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
     graceful: GracefulShutdown,
+    /// h2 connections are drained by hand (see [`serve_h2`]): set when the drain starts.
+    draining: watch::Sender<bool>,
+    /// A clone is held by every open h2 connection; the drain waits until none is left.
+    h2_open: mpsc::Sender<()>,
+    h2_closed: mpsc::Receiver<()>,
 }
 
 impl ConnectionServer {
@@ -215,12 +222,16 @@ impl ConnectionServer {
             .header_read_timeout(options.header_read_timeout)
             .max_header_size(options.max_header_bytes)
             .keep_alive(true);
+        let (h2_open, h2_closed) = mpsc::channel(1);
         Self {
             http1,
             http2: http2_builder(options.max_header_bytes),
             tls: options.tls.clone(),
             handshake_timeout: options.header_read_timeout,
             graceful: GracefulShutdown::new(),
+            draining: watch::Sender::new(false),
+            h2_open,
+            h2_closed,
         }
     }
 
@@ -240,10 +251,11 @@ impl ConnectionServer {
             });
             return;
         };
-        let handshake = tokio::time::timeout(self.handshake_timeout, tls.accept(stream));
+        let idle = self.handshake_timeout;
+        let handshake = tokio::time::timeout(idle, tls.accept(stream));
         let (http1, http2) = (self.http1.clone(), self.http2.clone());
-        // Watched once the handshake is done: a drain does not wait for a handshake.
         let graceful = self.graceful.watcher();
+        let h2_drain = (self.draining.subscribe(), self.h2_open.clone());
         tokio::spawn(async move {
             let stream = match handshake.await {
                 Ok(Ok(stream)) => stream,
@@ -259,8 +271,12 @@ impl ConnectionServer {
             let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = TokioIo::new(stream);
             if h2 {
-                ended(graceful.watch(http2.serve_connection(io, service)).await);
+                drop(graceful);
+                let (draining, open) = h2_drain;
+                serve_h2(&http2, io, service, idle, draining).await;
+                drop(open);
             } else {
+                drop(h2_drain);
                 ended(graceful.watch(http1.serve_connection(io, service)).await);
             }
             drop(slot);
@@ -270,9 +286,21 @@ impl ConnectionServer {
     /// Tells every connection to finish the request in flight and close, and waits until all
     /// have, or until `grace` is over; true when all closed in time.
     async fn drain(self, grace: Duration) -> bool {
-        let closed = tokio::time::timeout(grace, self.graceful.shutdown())
-            .await
-            .is_ok();
+        let Self {
+            graceful,
+            draining,
+            h2_open,
+            mut h2_closed,
+            ..
+        } = self;
+        draining.send_replace(true);
+        drop(h2_open);
+        let all_closed = async move {
+            graceful.shutdown().await;
+            // `None` once every h2 connection has dropped its clone of `h2_open`.
+            let _ = h2_closed.recv().await;
+        };
+        let closed = tokio::time::timeout(grace, all_closed).await.is_ok();
         if !closed {
             tracing::warn!(
                 grace_seconds = grace.as_secs(),
@@ -280,6 +308,78 @@ impl ConnectionServer {
             );
         }
         closed
+    }
+}
+
+/// An h2 connection, with what HTTP/1.1's header-read timeout gives a connection there: hyper's
+/// h2 server has no timeout for a client that completes TLS and then sends nothing, nor for
+/// one that keeps a connection open without using it (and `Connection: close` means nothing in
+/// h2), so one could hold a connection slot for good. Every `idle` it looks: no request since the
+/// handshake ends the connection at once (there is nothing to finish); no new request since the
+/// last look, or a drain, sends GOAWAY, so the streams in flight finish and the client opens a
+/// new connection for the next request.
+async fn serve_h2<I, H>(
+    http2: &http2::Builder<TokioExecutor>,
+    io: I,
+    service: Service<H>,
+    idle: Duration,
+    mut draining: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    H: Handler,
+{
+    let requests = Arc::new(AtomicU64::new(0));
+    let shutdown = GracefulShutdown::new();
+    let connection = shutdown.watch(http2.serve_connection(
+        io,
+        Counted {
+            inner: service,
+            requests: requests.clone(),
+        },
+    ));
+    tokio::pin!(connection);
+    // Dropping it starts the graceful shutdown of the one connection it watches.
+    let mut shutdown = Some(shutdown);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                ended(result);
+                return;
+            }
+            _ = draining.wait_for(|draining| *draining), if shutdown.is_some() => {
+                shutdown = None;
+            }
+            () = tokio::time::sleep(idle), if shutdown.is_some() => {
+                let now = requests.load(Ordering::Relaxed);
+                if now == 0 {
+                    return;
+                }
+                if now == seen {
+                    shutdown = None;
+                }
+                seen = now;
+            }
+        }
+    }
+}
+
+/// Counts the requests of an h2 connection for [`serve_h2`].
+struct Counted<S> {
+    inner: S,
+    requests: Arc<AtomicU64>,
+}
+
+impl<S: hyper::service::Service<Request<Incoming>>> hyper::service::Service<Request<Incoming>>
+    for Counted<S>
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(request)
     }
 }
 

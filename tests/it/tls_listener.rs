@@ -300,3 +300,60 @@ async fn the_admin_listener_serves_tls_and_healthcheck_trusts_its_certificate() 
     );
     let _ = terminate(child).await;
 }
+
+/// hyper's h2 server has no timeout of its own for a client that completes TLS and then says
+/// nothing, or keeps a connection without using it: the proxy closes the first after
+/// `listen.header_read_timeout` and sends GOAWAY to the second, as HTTP/1.1 keep-alive closes.
+#[tokio::test]
+async fn silent_and_idle_h2_connections_are_closed() {
+    use tokio::io::AsyncReadExt as _;
+
+    let fakes = Fakes::start().await;
+    let certs = fakes.dir.path().join("certs");
+    std::fs::create_dir(&certs).expect("certs dir");
+    install_certificate(&certs, "listener-cert.pem", "listener-key.rsa.pem");
+    let listen = format!("{}\nheader_read_timeout = \"1s\"", tls_table(&certs));
+    let config = fakes.write_config_with("idle.toml", 0, &listen, "");
+    let child = run(command(&["--config", config.to_str().expect("utf-8")])).await;
+    wait_ready(child.admin.port()).await;
+
+    // TLS with ALPN h2, then not even the connection preface.
+    // The server's own SETTINGS come first; then the connection must end.
+    let mut silent = connect(child.proxy, &[b"h2"]).await;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), silent.read_to_end(&mut received))
+        .await
+        .expect("the silent connection is closed, not kept");
+    assert!(
+        received.len() < 1024,
+        "only the server's preface: {received:?} {closed:?}"
+    );
+
+    // One request, then nothing: GOAWAY, and the connection ends cleanly.
+    let (client, connection) = h2::client::handshake(connect(child.proxy, &[b"h2"]).await)
+        .await
+        .expect("h2 handshake");
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.expect("ready");
+    let request = http::Request::get(format!(
+        "https://127.0.0.1:{}/contoso/_apis/projects",
+        child.proxy.port()
+    ))
+    .body(())
+    .expect("request");
+    let (answer, _) = client.send_request(request, true).expect("send");
+    assert_eq!(answer.await.expect("answer").status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection)
+        .await
+        .expect("the idle connection is shut down");
+    // The server closes the socket right after its GOAWAY when no stream is open: the client
+    // may see that as its own write failing, never as a protocol error.
+    match ended.expect("joined") {
+        Ok(()) => {}
+        Err(error) => assert!(
+            error.is_io() || error.reason() == Some(h2::Reason::NO_ERROR),
+            "{error:?}"
+        ),
+    }
+    let _ = terminate(child).await;
+}
