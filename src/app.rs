@@ -158,14 +158,13 @@ impl App {
         let bound = self.proxy_addr();
         let (stop_tx, stop_rx) = watch::channel(false);
         let listen = &self.config.listen;
+        let [proxy_tls, admin_tls] = self.certificates.acceptors()?;
         let request_ids = Arc::new(RequestIds::new());
         let options = ServeOptions {
             header_read_timeout: listen.header_read_timeout,
             max_header_bytes: listen.max_header_bytes,
             shutdown_grace_period: listen.shutdown_grace_period,
-            tls: self
-                .certificates
-                .acceptor(&self.certificates.proxy, server::PROXY_ALPN)?,
+            tls: proxy_tls,
         };
         let mut dealers = Vec::with_capacity(listen.workers);
         let mut workers = Vec::with_capacity(listen.workers);
@@ -204,9 +203,7 @@ impl App {
                 header_read_timeout: Duration::from_secs(10),
                 max_header_bytes: 16 * 1024,
                 shutdown_grace_period: Duration::from_secs(1),
-                tls: self
-                    .certificates
-                    .acceptor(&self.certificates.admin, server::ADMIN_ALPN)?,
+                tls: admin_tls,
             },
             // Probes (the kubelet) and scrapers (Prometheus) come from addresses of their own:
             // neither can take every slot from the other.
@@ -415,17 +412,12 @@ impl ListenerCertificates {
         })
     }
 
-    fn acceptor(
-        &self,
-        certificate: &Option<Arc<ListenerCertificate>>,
-        alpn: &[&[u8]],
-    ) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
-        Ok(match certificate {
-            Some(certificate) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                tls::server_config(certificate.clone(), alpn)?,
-            ))),
-            None => None,
-        })
+    /// The proxy listener's TLS (h2 offered) and the admin listener's, for those that have it.
+    fn acceptors(&self) -> Result<[Option<tokio_rustls::TlsAcceptor>; 2], StartError> {
+        Ok([
+            acceptor(&self.proxy, server::PROXY_ALPN)?,
+            acceptor(&self.admin, server::ADMIN_ALPN)?,
+        ])
     }
 
     /// Every certificate the configuration names for a listener serving TLS, read before any
@@ -445,6 +437,18 @@ impl ListenerCertificates {
         }
         Ok(loaded)
     }
+}
+
+fn acceptor(
+    certificate: &Option<Arc<ListenerCertificate>>,
+    alpn: &[&[u8]],
+) -> Result<Option<tokio_rustls::TlsAcceptor>, StartError> {
+    Ok(match certificate {
+        Some(certificate) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+            tls::server_config(certificate.clone(), alpn)?,
+        ))),
+        None => None,
+    })
 }
 
 /// Settings the workers and listeners took at start.

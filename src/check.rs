@@ -164,11 +164,7 @@ async fn check_identity(
         }
     };
     let status = response.status();
-    let body: Value = crate::token::endpoint::read_capped(&mut response)
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_slice(&body).ok())
-        .unwrap_or(Value::Null);
+    let body = crate::token::endpoint::read_json(&mut response).await;
     if status.is_success() && status != http::StatusCode::NON_AUTHORITATIVE_INFORMATION {
         let user = &body["authenticatedUser"];
         let name = user["providerDisplayName"].as_str().unwrap_or("?");

@@ -105,10 +105,6 @@ impl<C> Connector<C> {
             None => Connector::Direct(inner),
         }
     }
-
-    pub fn is_tunnel(&self) -> bool {
-        matches!(self, Connector::Tunnel(_))
-    }
 }
 
 impl<C> Service<Uri> for Connector<C>
@@ -167,7 +163,10 @@ mod tests {
     }
 
     fn tunnels(egress: &Egress, destination: &'static str) -> bool {
-        Connector::new(egress, &Uri::from_static(destination), ()).is_tunnel()
+        matches!(
+            Connector::new(egress, &Uri::from_static(destination), ()),
+            Connector::Tunnel(_)
+        )
     }
 
     #[test]

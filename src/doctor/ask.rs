@@ -122,11 +122,7 @@ pub(super) async fn ask(
         }
     };
     let status = response.status();
-    let body: Value = crate::token::endpoint::read_capped(&mut response)
-        .await
-        .ok()
-        .and_then(|body| serde_json::from_slice(&body).ok())
-        .unwrap_or(Value::Null);
+    let body = crate::token::endpoint::read_json(&mut response).await;
     judge(question, status, &body)
 }
 

@@ -280,19 +280,9 @@ async fn get(http: &reqwest::Client, url: &str) -> Result<Vec<u8>, String> {
     if !response.status().is_success() {
         return Err(format!("{url} answered {}", response.status()));
     }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| {
-        format!(
-            "{url}: {}",
-            crate::token::endpoint::describe_reqwest_error(&e)
-        )
-    })? {
-        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(format!("{url}: larger than a key document can be"));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    crate::token::endpoint::read_at_most(&mut response, MAX_DOCUMENT_BYTES)
+        .await
+        .map_err(|e| format!("{url}: {e}"))
 }
 
 /// The signing keys of a JWKS the proxy can use: RSA, and EC on P-256. Others (encryption keys,

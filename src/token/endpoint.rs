@@ -148,20 +148,37 @@ pub fn describe_reqwest_error(error: &reqwest::Error) -> String {
 }
 
 pub async fn read_capped(response: &mut reqwest::Response) -> Result<Vec<u8>, FetchError> {
+    read_at_most(response, MAX_RESPONSE_BYTES).await
+}
+
+/// The body, read whole up to `limit` bytes: a longer answer is not what was asked for.
+pub async fn read_at_most(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, FetchError> {
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
         .await
         .map_err(|e| FetchError::Transport(describe_reqwest_error(&e)))?
     {
-        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+        if body.len() + chunk.len() > limit {
             return Err(FetchError::InvalidResponse(format!(
-                "response larger than {MAX_RESPONSE_BYTES} bytes"
+                "response larger than {limit} bytes"
             )));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
+}
+
+/// An Azure DevOps answer's JSON, or `Null` when it is none (a sign-in page, an error page).
+pub async fn read_json(response: &mut reqwest::Response) -> serde_json::Value {
+    read_capped(response)
+        .await
+        .ok()
+        .and_then(|body| serde_json::from_slice(&body).ok())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 #[derive(Deserialize)]

@@ -65,7 +65,7 @@ impl Pressure {
     }
 
     /// How long the identity is still held; zero when it is not.
-    pub fn held_for(&self) -> Duration {
+    fn held_for(&self) -> Duration {
         let until = self.held_until.load(Ordering::Relaxed);
         Duration::from_millis(until.saturating_sub(millis_since_base(Instant::now())))
     }

@@ -98,8 +98,10 @@ async fn tokens_are_admitted_by_issuer_audience_and_claims_and_refused_otherwise
     for request in stack.devops.requests() {
         assert!(request.authorized, "{request:?}");
         let sent = format!("{:?}", request.headers);
+        // Its signature is what no other token shares.
+        let signature = rs256.rsplit('.').next().expect("signature");
         assert!(
-            !sent.contains(&rs256[..40]),
+            !sent.contains(signature),
             "the client's token went upstream"
         );
     }
