@@ -50,7 +50,7 @@ impl AuditLine<'_> {
     fn write_fields(&self, format: LineFormat, out: &mut impl fmt::Write) -> fmt::Result {
         format.plain_field(out, key!("request_id"), self.request_id)?;
         format.rendered_field(out, key!("client"), self.client)?;
-        format.display_field(out, key!("peer"), &self.peer)?;
+        format.address_field(out, key!("peer"), self.peer)?;
         if let Some(rule) = self.rule {
             format.rendered_field(out, key!("rule"), rule)?;
         }
