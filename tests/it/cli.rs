@@ -195,6 +195,18 @@ pub async fn terminate(running: Running) -> (std::process::ExitStatus, String) {
     (status, output)
 }
 
+/// The JSON audit lines in `logs`, in time order: each worker batches its own lines, so the log
+/// is in time order per worker only.
+pub fn json_audit_lines(logs: &str) -> Vec<serde_json::Value> {
+    let mut audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|line| line["target"] == "audit")
+        .collect();
+    audit.sort_by_key(|line| line["timestamp"].as_str().unwrap_or_default().to_owned());
+    audit
+}
+
 #[tokio::test]
 async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
     let fakes = Fakes::start().await;
@@ -309,11 +321,7 @@ async fn logs_and_error_bodies_never_hold_the_secret_the_token_or_the_pat() {
     assert!(!captured.contains("eyJ"), "something JWT-shaped leaked");
 
     // One JSON audit line per request, with the promised fields.
-    let audit: Vec<serde_json::Value> = logs
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["target"] == "audit")
-        .collect();
+    let audit = json_audit_lines(&logs);
     assert_eq!(audit.len(), 6, "{logs}");
     assert!(
         logs.contains("AADSTS7000215"),
@@ -588,11 +596,7 @@ async fn client_keys_never_appear_in_logs_responses_or_metrics() {
             "part of a client key leaked"
         );
     }
-    let audit: Vec<serde_json::Value> = logs
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["target"] == "audit")
-        .collect();
+    let audit = json_audit_lines(&logs);
     let clients: Vec<&str> = audit
         .iter()
         .map(|a| a["client"].as_str().unwrap_or(""))
@@ -623,10 +627,12 @@ async fn text_audit_lines_follow_rust_log() {
             assert_eq!(reply.status, 200, "{}", reply.text());
         }
         let (_, logs) = terminate(child).await;
-        let audit: Vec<&str> = logs
+        let mut audit: Vec<&str> = logs
             .lines()
             .filter(|line| line.contains(" INFO audit: "))
             .collect();
+        // In time order per worker only; a line starts with its RFC 3339 timestamp.
+        audit.sort_unstable();
         if audited {
             assert_eq!(audit.len(), 3, "{logs}");
             assert!(
@@ -755,10 +761,8 @@ async fn the_audit_line_names_the_client_behind_a_trusted_proxy_only() {
     assert_eq!(support::get(&url, &forwarded).await.status, 200);
     assert_eq!(support::get(&url, &[]).await.status, 200);
     let (_, logs) = terminate(child).await;
-    let peers: Vec<String> = logs
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|line| line["target"] == "audit")
+    let peers: Vec<String> = json_audit_lines(&logs)
+        .into_iter()
         .map(|line| line["peer"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(peers.len(), 2, "{logs}");
