@@ -4,11 +4,13 @@
 # an instruction count does not (the same binary, inputs and environment give the same total),
 # so this is the yardstick for whether a change made the request path cheaper.
 #
-#   benches/instructions.sh                  # proxy, nginx and bare, 10 s of `wrk -t1 -c8` each
+#   benches/instructions.sh                  # every target, 10 s of `wrk -t1 -c8` each
 #   TARGETS=proxy DURATION=5s SKIP_BUILD=1 benches/instructions.sh
 #
-# Environment (defaults in brackets): TARGETS ["proxy nginx bare"] (bare: benches/bare_proxy.rs,
-# hyper server + client alone, the floor of the proxy's stack), DURATION [10s], CONNECTIONS [8],
+# Environment (defaults in brackets): TARGETS ["proxy nginx bare proxy_job nginx_job"] (bare:
+# benches/bare_proxy.rs, hyper server + client alone, the floor of the proxy's stack; proxy and
+# nginx: open mode and plain nginx, the rows measured since the second session; proxy_job and
+# nginx_job: both doing the whole job as in compare.sh, a client key, rules, the JSON line), DURATION [10s], CONNECTIONS [8],
 # SKIP_BUILD=1 (use target/release as it is), PROXY_BIN (another ado-auth-proxy binary to count,
 # e.g. an older commit's), KEEP_WORK=1 (keep configs, logs and callgrind files),
 # UP_PORT NGINX_PORT PROXY_PORT PROXY_ADMIN_PORT BARE_PORT [28081 28082 28083 28093 28084].
@@ -26,7 +28,7 @@ BENCH_NAME=instructions
 # shellcheck source=benches/common.sh
 source "$ROOT/benches/common.sh"
 
-TARGETS=${TARGETS:-"proxy nginx bare"}
+TARGETS=${TARGETS:-"proxy nginx bare proxy_job nginx_job"}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-8}
 UP_PORT=${UP_PORT:-28081}
@@ -38,27 +40,30 @@ export BENCH_UPSTREAM_THREADS=${BENCH_UPSTREAM_THREADS:-1}
 [[ $DURATION =~ ^[1-9][0-9]*s$ ]] || die "DURATION must be seconds, like 10s"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
 for t in $TARGETS; do
-  case $t in nginx | proxy | bare) ;; *) die "unknown target '$t' (proxy, nginx, bare)" ;; esac
+  case $t in nginx | proxy | bare | proxy_job | nginx_job) ;; *) die "unknown target '$t' (proxy, nginx, bare, proxy_job, nginx_job)" ;; esac
 done
 
 need_tools wrk:wrk curl:curl valgrind:valgrind
-[[ " $TARGETS " == *" nginx "* ]] && need_tools nginx:nginx-light
+[[ " $TARGETS " == *" nginx"* ]] && need_tools nginx:nginx-light
 [[ ${SKIP_BUILD:-0} == 1 ]] || build_release --bin ado-auth-proxy
 [[ -x $UPSTREAM_BIN ]] || die "$UPSTREAM_BIN missing (build it or unset SKIP_BUILD)"
-[[ " $TARGETS " != *" proxy "* || -x $PROXY_BIN ]] || die "$PROXY_BIN missing (build it or unset SKIP_BUILD)"
+[[ " $TARGETS " != *" proxy"* || -x $PROXY_BIN ]] || die "$PROXY_BIN missing (build it or unset SKIP_BUILD)"
 [[ " $TARGETS " != *" bare "* || -x $BARE_BIN ]] || die "$BARE_BIN missing (build it or unset SKIP_BUILD)"
 ports_free "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$BARE_PORT"
 
 bench_init
 start_upstream "$UP_PORT"
+# Every request carries the job targets' client key (the others ignore it).
+CLIENT_KEY=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
+AUTH="Authorization: Basic $(printf 'bench:%s' "$CLIENT_KEY" | base64 -w0)"
 
 # count TARGET PID URL: Ir per request of the callgrind-run PID while wrk loads URL
 count() {
   local t=$1 pid=$2 url=$3 out requests total dump
-  timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "$url" >/dev/null || die "$t: warm-up failed"
+  timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s -H "$AUTH" "$url" >/dev/null || die "$t: warm-up failed"
   # callgrind_control reaches an idle process through vgdb (ptrace); never wait on it forever.
   timeout 60 callgrind_control -i on "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
-  out=$(timeout $((${DURATION%s} + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s "$url") ||
+  out=$(timeout $((${DURATION%s} + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s -H "$AUTH" "$url") ||
     die "$t: wrk failed: $out"
   timeout 60 callgrind_control -i off "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
   timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
@@ -78,6 +83,14 @@ count() {
   printf '%s\t%d\n' "$t" $((total / requests)) >>"$WORK/results.tsv"
 }
 
+# stop_target PID: frees its port for the next target (nginx and nginx_job, proxy and proxy_job
+# share theirs); a callgrind-run process may take a moment to write its last dump and exit.
+stop_target() {
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.1; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 callgrind() { # the wrapper: valgrind with instrumentation off until switched on
   local t=$1
   echo valgrind --tool=callgrind --instr-atstart=no "--callgrind-out-file=$WORK/cg.$t.%p"
@@ -93,6 +106,15 @@ for t in $TARGETS; do
       start_nginx "$WORK/nginx" "${wrapper[@]}"
       wait_http "http://127.0.0.1:$NGINX_PORT/small" 120 "$NGINX_PID" || die "nginx did not start: $(cat "$WORK/nginx/stdout.log")"
       count nginx "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small"
+      stop_target "$NGINX_PID"
+      ;;
+    nginx_job)
+      token=$(upstream_token "$UP_PORT")
+      write_nginx_conf "$WORK/nginx_job" "$NGINX_PORT" "$UP_PORT" "$token" 1 64k off "$CLIENT_KEY"
+      start_nginx "$WORK/nginx_job" "${wrapper[@]}"
+      wait_http "http://127.0.0.1:$NGINX_PORT/small" 120 "$NGINX_PID" "$AUTH" || die "nginx_job did not start: $(cat "$WORK/nginx_job/stdout.log")"
+      count nginx_job "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small"
+      stop_target "$NGINX_PID"
       ;;
     bare)
       start_bare "$BARE_PORT" "$UP_PORT" "${wrapper[@]}"
@@ -105,6 +127,15 @@ for t in $TARGETS; do
       wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 120 "$PROXY_PID" ||
         die "proxy not ready: $(tail -n 20 "$WORK/proxy/stderr.log")"
       count proxy "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/small"
+      stop_target "$PROXY_PID"
+      ;;
+    proxy_job)
+      write_proxy_conf "$WORK/proxy_job" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$UP_PORT" "$CLIENT_KEY"
+      PROXY_LOG_FORMAT=json start_proxy "$WORK/proxy_job" "${wrapper[@]}"
+      wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 120 "$PROXY_PID" ||
+        die "proxy_job not ready: $(tail -n 20 "$WORK/proxy_job/stderr.log")"
+      count proxy_job "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/small"
+      stop_target "$PROXY_PID"
       ;;
   esac
 done

@@ -159,6 +159,9 @@ fn looks_like_jwt(credential: &[u8]) -> bool {
     credential.starts_with(b"eyJ") && credential.iter().filter(|&&b| b == b'.').count() == 2
 }
 
+/// `user:key` decoded from Basic credentials of up to this size stays on the stack.
+const BASIC_ON_STACK: usize = 512;
+
 /// Finds the key (or token) in an `Authorization` value and hands it to `use_key`; the decoded
 /// credentials live only for that call. `longest`: the longest credential looked at.
 fn with_presented_credential<T>(
@@ -174,15 +177,28 @@ fn with_presented_credential<T>(
         return Some(use_key(key));
     }
     if scheme.eq_ignore_ascii_case(b"basic") {
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(rest.trim_ascii())
-            .ok()?;
+        // Decoded on the stack when it fits, as every client key and PAT does: this runs for
+        // every request in keys mode.
+        let encoded = rest.trim_ascii();
+        let mut on_stack = [0u8; BASIC_ON_STACK];
+        let on_heap;
+        let decoded = if base64::decoded_len_estimate(encoded.len()) <= BASIC_ON_STACK {
+            let len = base64::engine::general_purpose::STANDARD
+                .decode_slice(encoded, &mut on_stack)
+                .ok()?;
+            &on_stack[..len]
+        } else {
+            on_heap = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()?;
+            &on_heap[..]
+        };
         // `user:key` as git, npm, pip and curl send a PAT; `key:` or `key` when the key was put
         // where the user name goes (`https://KEY@host/...`).
         let key = match decoded.iter().position(|&b| b == b':') {
             Some(colon) if colon + 1 < decoded.len() => &decoded[colon + 1..],
             Some(colon) => &decoded[..colon],
-            None => &decoded[..],
+            None => decoded,
         };
         key_of(key)?;
         return Some(use_key(key));
@@ -248,6 +264,24 @@ mod tests {
         assert_eq!(presented("Digest abc"), None);
         assert_eq!(presented("aap_secret"), None);
         assert_eq!(presented(&format!("Bearer {}", "a".repeat(300))), None);
+    }
+
+    #[test]
+    fn long_basic_credentials_are_decoded_whole() {
+        // A keyless client's token put where a PAT goes: past what is decoded on the stack.
+        let token = format!("eyJ{}.e30.sig", "x".repeat(BASIC_ON_STACK + 100));
+        let found =
+            with_presented_credential(basic(&format!("git:{token}")).as_bytes(), 8192, |key| {
+                key.to_vec()
+            });
+        assert_eq!(found, Some(token.into_bytes()));
+        let at_the_edge = "k".repeat(BASIC_ON_STACK - 1);
+        assert_eq!(
+            with_presented_credential(basic(&format!(":{at_the_edge}")).as_bytes(), 8192, |key| {
+                key.len()
+            }),
+            Some(BASIC_ON_STACK - 1)
+        );
     }
 
     proptest::proptest! {
