@@ -53,17 +53,19 @@ ports_free "$UP_PORT" "$NGINX_PORT" "$PROXY_PORT" "$PROXY_ADMIN_PORT" "$BARE_POR
 
 bench_init
 start_upstream "$UP_PORT"
-# Every request carries the job targets' client key (the others ignore it).
+# The job targets' client key; only their requests carry it, so the other rows stay comparable
+# with the figures measured before those targets existed.
 CLIENT_KEY=$(head -c 24 /dev/urandom | base64 | tr '+/' '-_')
 AUTH="Authorization: Basic $(printf 'bench:%s' "$CLIENT_KEY" | base64 -w0)"
 
-# count TARGET PID URL: Ir per request of the callgrind-run PID while wrk loads URL
+# count TARGET PID URL [HEADER]: Ir per request of the callgrind-run PID while wrk loads URL
 count() {
-  local t=$1 pid=$2 url=$3 out requests total dump
-  timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s -H "$AUTH" "$url" >/dev/null || die "$t: warm-up failed"
+  local t=$1 pid=$2 url=$3 out requests total dump extra=()
+  [[ -z ${4:-} ]] || extra=(-H "$4")
+  timeout 60 wrk -t1 -c"$CONNECTIONS" -d3s "${extra[@]}" "$url" >/dev/null || die "$t: warm-up failed"
   # callgrind_control reaches an idle process through vgdb (ptrace); never wait on it forever.
   timeout 60 callgrind_control -i on "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
-  out=$(timeout $((${DURATION%s} + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s -H "$AUTH" "$url") ||
+  out=$(timeout $((${DURATION%s} + 60)) wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --timeout 30s "${extra[@]}" "$url") ||
     die "$t: wrk failed: $out"
   timeout 60 callgrind_control -i off "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
   timeout 60 callgrind_control -d "$pid" >/dev/null 2>&1 || die "$t: callgrind_control failed"
@@ -113,7 +115,7 @@ for t in $TARGETS; do
       write_nginx_conf "$WORK/nginx_job" "$NGINX_PORT" "$UP_PORT" "$token" 1 64k off "$CLIENT_KEY"
       start_nginx "$WORK/nginx_job" "${wrapper[@]}"
       wait_http "http://127.0.0.1:$NGINX_PORT/small" 120 "$NGINX_PID" "$AUTH" || die "nginx_job did not start: $(cat "$WORK/nginx_job/stdout.log")"
-      count nginx_job "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small"
+      count nginx_job "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/small" "$AUTH"
       stop_target "$NGINX_PID"
       ;;
     bare)
@@ -134,7 +136,7 @@ for t in $TARGETS; do
       PROXY_LOG_FORMAT=json start_proxy "$WORK/proxy_job" "${wrapper[@]}"
       wait_http "http://127.0.0.1:$PROXY_ADMIN_PORT/readyz" 120 "$PROXY_PID" ||
         die "proxy_job not ready: $(tail -n 20 "$WORK/proxy_job/stderr.log")"
-      count proxy_job "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/small"
+      count proxy_job "$PROXY_PID" "http://127.0.0.1:$PROXY_PORT/small" "$AUTH"
       stop_target "$PROXY_PID"
       ;;
   esac
