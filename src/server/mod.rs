@@ -86,17 +86,19 @@ const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// An accepted connection on its way to a worker, holding its connection-limit slot.
 pub struct Accepted {
     stream: std::net::TcpStream,
+    peer: SocketAddr,
     slot: Slot,
 }
 
-/// Accepts until `shutdown`, at most `max_connections` open at once, handing each connection to
+/// Accepts until `shutdown`, at most `max_connections` open at once, handing each connection and
+/// its peer's address (as `accept` gave it: asking the socket again is a system call) to
 /// `dispatch`. Waiting for a slot before accepting leaves excess connections in the kernel's
 /// backlog instead of accepting work that cannot be served.
 async fn accept_loop(
     listener: TcpListener,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-    mut dispatch: impl FnMut(TcpStream, Slot),
+    mut dispatch: impl FnMut(TcpStream, SocketAddr, Slot),
 ) {
     loop {
         let room = tokio::select! {
@@ -123,7 +125,7 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        dispatch(stream, slot);
+        dispatch(stream, peer, slot);
     }
 }
 
@@ -135,12 +137,12 @@ pub async fn accept_for_workers(
     shutdown: watch::Receiver<bool>,
 ) {
     let mut next = 0;
-    accept_loop(listener, limits, shutdown, |stream, slot| {
+    accept_loop(listener, limits, shutdown, |stream, peer, slot| {
         let Ok(stream) = stream.into_std() else {
             return;
         };
         if !workers.is_empty() {
-            let _ = workers[next % workers.len()].send(Accepted { stream, slot });
+            let _ = workers[next % workers.len()].send(Accepted { stream, peer, slot });
             next = next.wrapping_add(1);
         }
     })
@@ -154,9 +156,9 @@ pub async fn serve_dealt<H: Handler>(
     handler: H,
 ) {
     let server = ConnectionServer::new(&options, crate::timer::WorkerTimer);
-    while let Some(Accepted { stream, slot }) = connections.recv().await {
+    while let Some(Accepted { stream, peer, slot }) = connections.recv().await {
         match TcpStream::from_std(stream) {
-            Ok(stream) => server.spawn(stream, slot, handler.clone()),
+            Ok(stream) => server.spawn(stream, peer, slot, handler.clone()),
             Err(error) => tracing::warn!(%error, "cannot register a connection"),
         }
     }
@@ -172,8 +174,8 @@ pub async fn serve<H: Handler>(
     shutdown: watch::Receiver<bool>,
 ) {
     let server = ConnectionServer::new(&options, TokioTimer::new());
-    accept_loop(listener, limits, shutdown, |stream, slot| {
-        server.spawn(stream, slot, handler.clone());
+    accept_loop(listener, limits, shutdown, |stream, peer, slot| {
+        server.spawn(stream, peer, slot, handler.clone());
     })
     .await;
     server.drain(options.shutdown_grace_period).await;
@@ -235,11 +237,7 @@ impl ConnectionServer {
         }
     }
 
-    fn spawn<H: Handler>(&self, stream: TcpStream, slot: Slot, handler: H) {
-        // Unknown only for a socket already gone, which will not get as far as a request.
-        let peer = stream
-            .peer_addr()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    fn spawn<H: Handler>(&self, stream: TcpStream, peer: SocketAddr, slot: Slot, handler: H) {
         let service = Service { handler, peer };
         let Some(tls) = &self.tls else {
             let connection = self
@@ -488,7 +486,7 @@ mod tests {
         let limits = Limits::new(1, 1);
         let room = limits.room().await.expect("room");
         let slot = limits.admit(room, peer.ip()).expect("slot");
-        server.spawn(stream, slot, move |_request, _peer| {
+        server.spawn(stream, peer, slot, move |_request, _peer| {
             notify.notify_one();
             async move {
                 tokio::time::sleep(delay).await;
