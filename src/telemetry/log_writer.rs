@@ -84,12 +84,15 @@ impl Shared {
         for shard in &self.shards {
             let mut batch = lock(shard);
             closed &= batch.closed;
+            // An idle shard keeps what it has: handing it the spare would leave a written-to
+            // buffer with every thread that ever logged a line.
+            if batch.bytes.is_empty() {
+                continue;
+            }
             mem::swap(&mut batch.bytes, spare);
             drop(batch);
-            if !spare.is_empty() {
-                (self.out)(spare);
-                spare.clear();
-            }
+            (self.out)(spare);
+            spare.clear();
         }
         closed
     }
